@@ -1,0 +1,156 @@
+"""Backends and how an op picks one.
+
+Every op has up to three implementations:
+
+=============  ===========================================  ================================
+backend        what it is                                   runs on
+=============  ===========================================  ================================
+``reference``  pure PyTorch, the specification              any device, any float dtype
+``triton``     Triton kernels (``artrt.kernels``)           CUDA tensors; CPU tensors only
+                                                            under ``TRITON_INTERPRET=1``
+``cuda``       CUDA C++ kernels (``artrt._C``)              CUDA tensors, extension built
+=============  ===========================================  ================================
+
+By default an op takes the first available backend of its own preference list for the
+tensor's device (on CPU that is the reference: the Triton interpreter is for testing, not
+speed). ``artrt.use_backend(name)``, the ``ARTRT_BACKEND`` environment variable or an op's
+``backend=`` argument force one; forcing a backend that cannot run the call raises
+:class:`BackendUnavailableError` with the reason, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda")
+AUTO = "auto"
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Stack of names pushed by use_backend(). A plain module global (not a contextvar) so that
+# torch.compile reads it as a guarded constant.
+_forced: list[str] = []
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run the call; the message says why."""
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or name not in (*BACKENDS, AUTO):
+        raise ValueError(f"{what} must be one of {(*BACKENDS, AUTO)}, got {name!r}")
+    return name
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force the backend of every artrt op called inside the block.
+
+    ``name`` is ``"reference"``, ``"triton"``, ``"cuda"`` or ``"auto"`` (undo an outer
+    forcing). Takes precedence over ``ARTRT_BACKEND``; an op's ``backend=`` argument takes
+    precedence over both. The choice is recorded with the forward pass, so the backward of
+    an op called in the block uses the same backend wherever it runs.
+    """
+    _forced.append(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def requested(backend: str | None = None) -> str:
+    """The backend an op call asks for: its ``backend=`` argument, else ``use_backend``."""
+    if backend is not None:
+        return _check_name(backend, "backend")
+    return _forced[-1] if _forced else AUTO
+
+
+def _env_backend() -> str:
+    return _check_name(os.environ.get("ARTRT_BACKEND", AUTO).strip().lower() or AUTO,
+                       "the ARTRT_BACKEND environment variable")
+
+
+def _load_triton_kernels():
+    try:
+        import artrt.kernels as kernels
+    except ImportError as e:  # triton missing or broken
+        return None, f"triton could not be imported ({e})"
+    return kernels, None
+
+
+def _load_extension():
+    try:
+        from artrt import _C
+    except ImportError as e:
+        return None, ("artrt._C is not built: artrt was installed without nvcc or with "
+                      f"ARTRT_CUDA_BUILD=0; reinstall with ARTRT_CUDA_BUILD=1 ({e})")
+    return _C, None
+
+
+def unavailable_reason(name: str, device: torch.device | str,
+                       dtype: torch.dtype | None = None) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` with ``dtype``; None when it can."""
+    device = torch.device(device)
+    if name == "reference":
+        return None
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        return (f"the {name} kernels support float32, float16 and bfloat16, got {dtype}; "
+                "the reference backend handles other dtypes")
+    if name == "triton":
+        kernels, why = _load_triton_kernels()
+        if kernels is None:
+            return why
+        if device.type == "cpu" and not kernels.INTERPRET:
+            return ("triton runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+                    "before artrt is imported (the interpreter is slow: for testing)")
+        if device.type not in ("cpu", "cuda"):
+            return f"triton runs on CUDA tensors, got a {device.type} tensor"
+        return None
+    if name == "cuda":
+        ext, why = _load_extension()
+        if ext is None:
+            return why
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+        count, message = ext.device_count()
+        if count == 0:
+            return f"artrt._C sees no CUDA device ({message})"
+        return None
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype, backend: str,
+           preference: Sequence[str]) -> str:
+    """Resolve ``backend`` (a name or ``"auto"``) for one call of ``op``.
+
+    ``preference`` lists the op's backends for CUDA tensors, fastest first; on other devices
+    the reference comes first. Raises BackendUnavailableError when a forced backend cannot run.
+    """
+    name = _check_name(backend, "backend")
+    source = "requested"
+    if name == AUTO:
+        name, source = _env_backend(), "forced by ARTRT_BACKEND"
+    if name != AUTO:
+        if name not in preference and name != "reference":
+            raise BackendUnavailableError(
+                f"{op}: backend {name!r} ({source}) has no implementation of this op; "
+                f"it has {tuple(preference)}")
+        why = unavailable_reason(name, device, dtype)
+        if why is not None:
+            raise BackendUnavailableError(f"{op}: backend {name!r} ({source}) cannot run: {why}")
+        return name
+    if device.type != "cuda":
+        return "reference"
+    for name in preference:
+        if unavailable_reason(name, device, dtype) is None:
+            return name
+    return "reference"
+
+
+def status() -> dict[str, dict[str, str | None]]:
+    """For each device type ('cpu', and 'cuda' when present), each backend's reason or None."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {d: {name: unavailable_reason(name, d) for name in BACKENDS} for d in devices}
