@@ -23,19 +23,16 @@ ACT_SIGMOID = 1
 _TILE = 2048
 _NUM_WARPS = 4
 
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-
-
 @triton.jit
 def _sigmoid(z):
-    # sigmoid(z) = 1 / (1 + 2^(-z log2 e))
-    return 1.0 / (1.0 + tl.exp2(-z * LOG2E))
+    # sigmoid(z) = 1 / (1 + 2^(-z log2(e))),  log2(e) = 1.4426950408889634
+    return 1.0 / (1.0 + tl.exp2(z * -1.4426950408889634))
 
 
 @triton.jit
 def _tanh(z):
     # tanh(z) = sign(z) (1 - e) / (1 + e),  e = exp(-2|z|) in (0, 1]: never overflows.
-    e = tl.exp2(-2.0 * LOG2E * tl.abs(z))
+    e = tl.exp2(tl.abs(z) * -2.8853900817779268)  # -2 log2(e)
     t = (1.0 - e) / (1.0 + e)
     return tl.where(z < 0, -t, t)
 

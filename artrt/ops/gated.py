@@ -98,14 +98,16 @@ def _check(x: torch.Tensor, cond: torch.Tensor | None, dim: int, act: int) -> in
             raise TypeError(f"{name}: cond must have x's dtype {x.dtype}, got {cond.dtype}")
         if cond.device != x.device:
             raise ValueError(f"{name}: cond must be on x's device {x.device}, got {cond.device}")
-        try:
-            broadcast = torch.broadcast_shapes(x.shape, cond.shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != x.shape:
+        if not _broadcasts_to(cond.shape, x.shape):
             raise ValueError(f"{name}: cond of shape {tuple(cond.shape)} does not broadcast to "
                              f"x's shape {tuple(x.shape)} (e.g. (B, 2C, 1, 1) for x (B, 2C, H, W))")
     return dim
+
+
+def _broadcasts_to(small: torch.Size, big: torch.Size) -> bool:
+    """Whether a tensor of shape ``small`` broadcasts to ``big`` without growing it."""
+    return len(small) <= len(big) and all(
+        s in (1, b) for s, b in zip(reversed(small), reversed(big)))
 
 
 def _check_grad(grad_out: torch.Tensor, x: torch.Tensor, dim: int) -> None:
@@ -213,6 +215,29 @@ def _(grad_out, x, cond, dim, act, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _backward_setup_context(ctx, inputs, output):
+    grad_out, x, cond, dim, act, _ = inputs
+    ctx.save_for_backward(grad_out, x, cond)
+    ctx.dim, ctx.act = dim, act
+
+
+def _gated_backward_autograd(ctx, grad_grad_x):
+    """Double backward, through the reference (pure PyTorch) formula of the backward."""
+    grad_out, x, cond = ctx.saved_tensors
+    primals = (grad_out, x) if cond is None else (grad_out, x, cond)
+
+    def backward_ref(grad_out, x, cond=None):
+        return gated_backward_ref(grad_out, x, cond, ctx.dim, ctx.act)
+
+    _, vjp = torch.func.vjp(backward_ref, *primals)
+    grads = vjp(grad_grad_x)
+    return grads[0], grads[1], (grads[2] if cond is not None else None), None, None, None
+
+
+gated_backward.register_autograd(_gated_backward_autograd,
+                                 setup_context=_backward_setup_context)
+
+
 def _setup_context(ctx, inputs, output):
     x, cond, dim, act, backend = inputs
     ctx.save_for_backward(x, cond)
@@ -253,6 +278,7 @@ def gated_tanh(x: torch.Tensor, cond: torch.Tensor | None = None, dim: int = 1, 
 
     Differentiable in ``x`` and ``cond``.
     """
+    _check(x, cond, dim, ACT_TANH)
     return gated(x, cond, dim, ACT_TANH, backends.requested(backend))
 
 
@@ -262,4 +288,5 @@ def gated_sigmoid(x: torch.Tensor, cond: torch.Tensor | None = None, dim: int = 
 
     Shapes, dtypes and arguments as :func:`gated_tanh`.
     """
+    _check(x, cond, dim, ACT_SIGMOID)
     return gated(x, cond, dim, ACT_SIGMOID, backends.requested(backend))

@@ -1,0 +1,340 @@
+"""artrt.gated_tanh / artrt.gated_sigmoid against their references, every backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import artrt
+import artrt.kernels.gated as kgated
+from artrt import backends
+from artrt.ops.gated import (
+    ACT_SIGMOID,
+    ACT_TANH,
+    gated_backward_ref,
+    gated_sigmoid_ref,
+    gated_tanh_ref,
+)
+from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+
+GATES = {
+    "tanh": (artrt.gated_tanh, gated_tanh_ref, ACT_TANH),
+    "sigmoid": (artrt.gated_sigmoid, gated_sigmoid_ref, ACT_SIGMOID),
+}
+
+# (shape of x, channel dim): odd sizes, C = 1 and C = 129, channels first, last and inside.
+SHAPES = [
+    ((2, 6, 5, 7), 1),
+    ((5, 3, 10), -1),
+    ((4, 9), 0),
+    ((1, 2), 1),
+    ((3, 2, 4, 33), 2),
+    ((2, 258, 3), 1),
+]
+
+
+def cond_shape(shape, dim, kind):
+    """Shape of a conditioning tensor of ``kind`` for x of ``shape`` with channels on dim."""
+    dim %= len(shape)
+    if kind == "full":
+        return shape
+    if kind == "class":  # (B, 2C, 1, 1): one vector per batch element
+        return tuple(s if i in (0, dim) else 1 for i, s in enumerate(shape))
+    if kind == "channel":  # (2C, 1, 1): fewer dimensions than x, shared by the batch
+        return tuple(s if i == dim else 1 for i, s in enumerate(shape))[dim:]
+    if kind == "last1":  # (B, 2C, H, 1): strides that cannot be merged into a 3-d view
+        return shape[:-1] + (1,)
+    raise ValueError(kind)
+
+
+def make_inputs(shape, dim, cond_kind, dtype=torch.float32, device=DEVICE, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (2 * torch.randn(shape, generator=gen)).to(device=device, dtype=dtype)
+    cond = None
+    if cond_kind is not None:
+        cond = torch.randn(cond_shape(shape, dim, cond_kind), generator=gen)
+        cond = cond.to(device=device, dtype=dtype)
+    out_shape = list(shape)
+    out_shape[dim] //= 2
+    grad = torch.randn(out_shape, generator=gen).to(device=device, dtype=dtype)
+    return x, cond, grad
+
+
+def run(fn, x, cond, dim, grad, **kwargs):
+    """Forward and gradients (x, cond) for one upstream gradient."""
+    x = x.detach().requires_grad_()
+    leaves = [x]
+    if cond is not None:
+        cond = cond.detach().requires_grad_()
+        leaves.append(cond)
+    out = fn(x, cond, dim, **kwargs)
+    grads = torch.autograd.grad(out, leaves, grad)
+    return (out.detach(), *grads)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_backward_ref_matches_autograd(gate):
+    _, ref, act = GATES[gate]
+    x, cond, grad = make_inputs((3, 8, 5), 1, "class", dtype=torch.float64)
+    _, dx, dcond = run(ref, x, cond, 1, grad)
+    want = gated_backward_ref(grad, x, cond, 1, act)
+    torch.testing.assert_close(want, dx)
+    torch.testing.assert_close(want.sum_to_size(cond.shape), dcond)
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("cond_kind", [None, "class", "channel", "full"])
+def test_gradcheck_reference(gate, cond_kind):
+    fn = GATES[gate][0]
+    x, cond, _ = make_inputs((2, 4, 3, 5), 1, cond_kind, dtype=torch.float64, device="cpu")
+    inputs = (x.requires_grad_(),) if cond is None else (x.requires_grad_(),
+                                                         cond.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda *t: fn(t[0], t[1] if len(t) > 1 else None, 1, backend="reference"), inputs)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_gradgradcheck_reference(gate):
+    fn = GATES[gate][0]
+    x, cond, _ = make_inputs((2, 4, 3), 1, "class", dtype=torch.float64, device="cpu")
+    assert torch.autograd.gradgradcheck(lambda x, c: fn(x, c, 1, backend="reference"),
+                                        (x.requires_grad_(), cond.requires_grad_()))
+
+
+def test_reference_values():
+    # tanh(0.5) sigmoid(-1) and 0.5 sigmoid(-1), by hand.
+    x = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    s = 1 / (1 + torch.exp(torch.tensor(1.0, dtype=torch.float64)))
+    assert torch.allclose(gated_tanh_ref(x), torch.tanh(torch.tensor(0.5, dtype=torch.float64)) * s)
+    assert torch.allclose(gated_sigmoid_ref(x), 0.5 * s)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("shape,dim", SHAPES)
+@pytest.mark.parametrize("cond_kind", [None, "class", "channel", "last1"])
+def test_kernel_matches_reference(backend, gate, shape, dim, cond_kind):
+    fn, ref, _ = GATES[gate]
+    x, cond, grad = make_inputs(shape, dim, cond_kind)
+    want = run(ref, x, cond, dim, grad)
+    got = run(fn, x, cond, dim, grad, backend=backend)
+    assert got[0].shape == want[0].shape and got[0].is_contiguous()
+    for g, w, what in zip(got, want, ("out", "dx", "dcond")):
+        torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("layout", ["strided", "permuted"])
+@pytest.mark.parametrize("cond_layout", ["contiguous", "strided", "permuted"])
+def test_kernel_non_contiguous(backend, gate, layout, cond_layout):
+    fn, ref, _ = GATES[gate]
+    x, cond, grad = make_inputs((3, 6, 5, 7), 1, "full")
+    x_nc, cond_nc = with_layout(x, layout), with_layout(cond, cond_layout)
+    grad_nc = with_layout(grad, layout)
+    assert not x_nc.is_contiguous() and not grad_nc.is_contiguous()
+    want = run(ref, x, cond, 1, grad)
+    got = run(fn, x_nc, cond_nc, 1, grad_nc, backend=backend)
+    for g, w, what in zip(got, want, ("out", "dx", "dcond")):
+        torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_low_precision(backend, gate, dtype):
+    fn, ref, _ = GATES[gate]
+    x, cond, grad = make_inputs((2, 16, 9, 11), 1, "class", dtype=dtype)
+    fp32 = run(ref, x.float(), cond.float(), 1, grad.float())
+    lowp = run(ref, x, cond, 1, grad)
+    got = run(fn, x, cond, 1, grad, backend=backend)
+    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond")):
+        assert g.dtype == dtype
+        assert_close_lowp(g, lp, f, f"{gate} {dtype} {what}")
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_kernel_empty_and_extremes(backend):
+    x = torch.empty(0, 4, 3, device=DEVICE)
+    assert artrt.gated_tanh(x, backend=backend).shape == (0, 2, 3)
+    # Saturated inputs: no inf/nan from exp overflow, exact limits.
+    x = torch.tensor([[-100.0, 100.0, 100.0, -100.0]], device=DEVICE)
+    torch.testing.assert_close(artrt.gated_tanh(x, backend=backend),
+                               torch.tensor([[-1.0, 0.0]], device=DEVICE))
+    torch.testing.assert_close(artrt.gated_sigmoid(x, backend=backend),
+                               torch.tensor([[-100.0, 0.0]], device=DEVICE))
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_kernel_many_rows_few_positions(backend):
+    """S = 1 with many rows: the tile is laid along rows, several programs along them."""
+    x, cond, grad = make_inputs((3000, 4), 1, "full")
+    want = run(gated_tanh_ref, x, cond, 1, grad)
+    got = run(artrt.gated_tanh, x, cond, 1, grad, backend=backend)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_backward_uses_forward_backend(monkeypatch):
+    """The backend forced at forward time is the one the backward runs, outside the block."""
+    if "triton" not in kernel_backends():
+        pytest.skip("triton cannot run here")
+    calls = []
+    real = kgated.gated_bwd
+    monkeypatch.setattr(kgated, "gated_bwd", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 4, 3, device=DEVICE, requires_grad=True)
+    with artrt.use_backend("triton"):
+        y = artrt.gated_tanh(x)
+    y.sum().backward()
+    assert calls == [1]
+
+
+def test_default_backend_on_cpu_is_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kgated, "gated_fwd", lambda *a: calls.append(1))
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(artrt.gated_tanh(x), gated_tanh_ref(x))
+    assert calls == []
+
+
+def test_env_backend_forces(monkeypatch):
+    monkeypatch.setenv("ARTRT_BACKEND", "cuda")
+    with pytest.raises(backends.BackendUnavailableError, match="ARTRT_BACKEND"):
+        artrt.gated_tanh(torch.randn(2, 4))
+    monkeypatch.setenv("ARTRT_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="ARTRT_BACKEND"):
+        artrt.gated_tanh(torch.randn(2, 4))
+    if "triton" not in kernel_backends():
+        return
+    calls = []
+    real = kgated.gated_fwd
+    monkeypatch.setattr(kgated, "gated_fwd", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("ARTRT_BACKEND", "triton")
+    x = torch.randn(2, 4, device=DEVICE)
+    artrt.gated_tanh(x)
+    assert calls == [1]
+    with artrt.use_backend("reference"):  # use_backend takes precedence over the environment
+        artrt.gated_tanh(x)
+    assert calls == [1]
+
+
+def test_forced_backend_cannot_run():
+    x = torch.randn(2, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(backends.BackendUnavailableError, match="float64"):
+        artrt.gated_tanh(x, backend="triton")
+    with pytest.raises(backends.BackendUnavailableError, match="cuda"):
+        artrt.gated_tanh(torch.randn(2, 4), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        artrt.gated_tanh(x, backend="cudnn")
+    with pytest.raises(ValueError, match="use_backend"), artrt.use_backend("fast"):
+        pass
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("fn", [artrt.gated_tanh, artrt.gated_sigmoid])
+def test_bad_input(fn):
+    x = torch.randn(2, 6, 4)
+    with pytest.raises(ValueError, match="even number of channels.*got 5"):
+        fn(torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match="dim must be in"):
+        fn(x, dim=3)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        fn(x, dim=1.0)
+    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+        fn(torch.ones(2, 6, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        fn([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"cond of shape \(2, 3, 1\) does not broadcast"):
+        fn(x, torch.randn(2, 3, 1))
+    with pytest.raises(ValueError, match="does not broadcast"):  # cond may not grow x
+        fn(x, torch.randn(3, 2, 6, 4))
+    with pytest.raises(TypeError, match="cond must have x's dtype"):
+        fn(x, torch.randn(2, 6, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cond must be on x's device"):
+        fn(x, torch.randn(2, 6, 1, device="meta"))
+    with pytest.raises(ValueError, match="scalar"):
+        fn(torch.tensor(1.0))
+
+
+def test_bad_grad_out():
+    x = torch.randn(2, 6, 4)
+    with pytest.raises(ValueError, match="grad_out must have shape"):
+        torch.ops.artrt.gated_backward(torch.randn(2, 6, 4), x, None, 1, ACT_TANH, "auto")
+
+
+# --------------------------------------------------------------------------- torch.library
+
+
+OPCHECK_BACKENDS = ["reference", *kernel_backends()]
+
+
+@pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
+@pytest.mark.parametrize("act", [ACT_TANH, ACT_SIGMOID])
+@pytest.mark.parametrize("cond_kind", [None, "class"])
+def test_opcheck(backend, act, cond_kind):
+    x, cond, grad = make_inputs((2, 6, 3, 5), 1, cond_kind)
+    x.requires_grad_()
+    if cond is not None:
+        cond.requires_grad_()
+    torch.library.opcheck(torch.ops.artrt.gated.default, (x, cond, 1, act, backend))
+    torch.library.opcheck(torch.ops.artrt.gated_backward.default,
+                          (grad, x.detach(), cond, 1, act, backend))
+
+
+@pytest.mark.parametrize("backend", [None, *kernel_backends()])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    x, cond, grad = make_inputs((2, 8, 5, 3), 1, "class")
+
+    def block(x, cond):
+        h = artrt.gated_tanh(x * 2.0, cond, backend=backend)
+        return artrt.gated_sigmoid(torch.cat([h, h.flip(1)], 1), backend=backend) + 1.0
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    want = run(lambda x, c, d: block(x, c), x, cond, 1, torch.ones(2, 4, 5, 3))
+    got = run(lambda x, c, d: compiled(x, c), x, cond, 1, torch.ones(2, 4, 5, 3))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5)
+
+
+def test_torch_compile_inductor():
+    """The default (inductor) backend compiles a model that uses the op, without breaks."""
+    torch._dynamo.reset()
+    x, cond, _ = make_inputs((2, 8, 5, 3), 1, "class")
+    layer = artrt.nn.GatedTanh()
+    compiled = torch.compile(lambda x, c: layer(x + 1.0, c) * 3.0, fullgraph=True)
+    torch.testing.assert_close(compiled(x, cond), gated_tanh_ref(x + 1.0, cond) * 3.0)
+
+
+# --------------------------------------------------------------------------- GPU, real shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 256, 32, 32), (16, 512, 16000)])
+def test_gpu_real_shapes(backend, gate, dtype, shape):
+    fn, ref, _ = GATES[gate]
+    cond_kind = "class" if len(shape) == 4 else "full"
+    x, cond, grad = make_inputs(shape, 1, cond_kind, dtype=dtype, device="cuda")
+    got = run(fn, x, cond, 1, grad, backend=backend)
+    fp32 = run(ref, x.float(), cond.float(), 1, grad.float())
+    if dtype == torch.float32:
+        for g, f in zip(got, fp32):
+            torch.testing.assert_close(g, f, atol=1e-5, rtol=1e-5)
+        return
+    lowp = run(ref, x, cond, 1, grad)
+    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond")):
+        assert_close_lowp(g, lp, f, f"{gate} {dtype} {shape} {what}")
