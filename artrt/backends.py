@@ -73,7 +73,8 @@ def _env_backend() -> str:
                        "the ARTRT_BACKEND environment variable")
 
 
-def _load_triton_kernels():
+def load_triton_kernels():
+    """(artrt.kernels, None), or (None, why it cannot be imported)."""
     try:
         import artrt.kernels as kernels
     except ImportError as e:  # triton missing or broken
@@ -81,7 +82,8 @@ def _load_triton_kernels():
     return kernels, None
 
 
-def _load_extension():
+def load_extension():
+    """(artrt._C, None), or (None, why it cannot be imported)."""
     try:
         from artrt import _C
     except ImportError as e:
@@ -100,7 +102,7 @@ def unavailable_reason(name: str, device: torch.device | str,
         return (f"the {name} kernels support float32, float16 and bfloat16, got {dtype}; "
                 "the reference backend handles other dtypes")
     if name == "triton":
-        kernels, why = _load_triton_kernels()
+        kernels, why = load_triton_kernels()
         if kernels is None:
             return why
         if device.type == "cpu" and not kernels.INTERPRET:
@@ -110,7 +112,7 @@ def unavailable_reason(name: str, device: torch.device | str,
             return f"triton runs on CUDA tensors, got a {device.type} tensor"
         return None
     if name == "cuda":
-        ext, why = _load_extension()
+        ext, why = load_extension()
         if ext is None:
             return why
         if device.type != "cuda":

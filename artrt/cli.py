@@ -25,13 +25,14 @@ def _versions() -> dict[str, str]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
-    ext, why = backends._load_extension()
+    ext, why = backends.load_extension()
     if ext is None:
-        ext_line = "not built"
+        ext_line = why
     else:
         count, message = ext.device_count()
         v = ext.runtime_version()
-        ext_line = f"built (CUDA runtime {v // 1000}.{v % 1000 // 10}); devices: {count} ({message})"
+        ext_line = (f"built (CUDA runtime {v // 1000}.{v % 1000 // 10}); "
+                    f"devices: {count} ({message})")
     gpu = "none (torch.cuda.is_available() is False)"
     if torch.cuda.is_available():
         gpu = ", ".join(f"{i}: {torch.cuda.get_device_name(i)}"

@@ -107,7 +107,7 @@ def _check(x: torch.Tensor, cond: torch.Tensor | None, dim: int, act: int) -> in
 def _broadcasts_to(small: torch.Size, big: torch.Size) -> bool:
     """Whether a tensor of shape ``small`` broadcasts to ``big`` without growing it."""
     return len(small) <= len(big) and all(
-        s in (1, b) for s, b in zip(reversed(small), reversed(big)))
+        s in (1, b) for s, b in zip(reversed(small), reversed(big), strict=False))
 
 
 def _check_grad(grad_out: torch.Tensor, x: torch.Tensor, dim: int) -> None:

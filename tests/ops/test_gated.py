@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import artrt.kernels.gated as kgated
 import pytest
 import torch
 
 import artrt
-import artrt.kernels.gated as kgated
 from artrt import backends
 from artrt.ops.gated import (
     ACT_SIGMOID,
@@ -125,7 +125,7 @@ def test_kernel_matches_reference(backend, gate, shape, dim, cond_kind):
     want = run(ref, x, cond, dim, grad)
     got = run(fn, x, cond, dim, grad, backend=backend)
     assert got[0].shape == want[0].shape and got[0].is_contiguous()
-    for g, w, what in zip(got, want, ("out", "dx", "dcond")):
+    for g, w, what in zip(got, want, ("out", "dx", "dcond"), strict=False):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
 
 
@@ -141,7 +141,7 @@ def test_kernel_non_contiguous(backend, gate, layout, cond_layout):
     assert not x_nc.is_contiguous() and not grad_nc.is_contiguous()
     want = run(ref, x, cond, 1, grad)
     got = run(fn, x_nc, cond_nc, 1, grad_nc, backend=backend)
-    for g, w, what in zip(got, want, ("out", "dx", "dcond")):
+    for g, w, what in zip(got, want, ("out", "dx", "dcond"), strict=False):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
 
 
@@ -154,7 +154,7 @@ def test_kernel_low_precision(backend, gate, dtype):
     fp32 = run(ref, x.float(), cond.float(), 1, grad.float())
     lowp = run(ref, x, cond, 1, grad)
     got = run(fn, x, cond, 1, grad, backend=backend)
-    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond")):
+    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond"), strict=False):
         assert g.dtype == dtype
         assert_close_lowp(g, lp, f, f"{gate} {dtype} {what}")
 
@@ -177,7 +177,7 @@ def test_kernel_many_rows_few_positions(backend):
     x, cond, grad = make_inputs((3000, 4), 1, "full")
     want = run(gated_tanh_ref, x, cond, 1, grad)
     got = run(artrt.gated_tanh, x, cond, 1, grad, backend=backend)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5)
 
 
@@ -304,7 +304,7 @@ def test_torch_compile_fullgraph(backend):
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     want = run(lambda x, c, d: block(x, c), x, cond, 1, torch.ones(2, 4, 5, 3))
     got = run(lambda x, c, d: compiled(x, c), x, cond, 1, torch.ones(2, 4, 5, 3))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5)
 
 
@@ -332,9 +332,9 @@ def test_gpu_real_shapes(backend, gate, dtype, shape):
     got = run(fn, x, cond, 1, grad, backend=backend)
     fp32 = run(ref, x.float(), cond.float(), 1, grad.float())
     if dtype == torch.float32:
-        for g, f in zip(got, fp32):
+        for g, f in zip(got, fp32, strict=False):
             torch.testing.assert_close(g, f, atol=1e-5, rtol=1e-5)
         return
     lowp = run(ref, x, cond, 1, grad)
-    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond")):
+    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond"), strict=False):
         assert_close_lowp(g, lp, f, f"{gate} {dtype} {shape} {what}")
