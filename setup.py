@@ -12,6 +12,7 @@ Environment:
   CUDA_HOME         where to look for bin/nvcc before PATH.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -33,6 +34,15 @@ def _build_mode() -> str:
     if mode not in ("auto", "1", "0"):
         raise SystemExit(f"ARTRT_CUDA_BUILD must be auto, 1 or 0, got {mode!r}")
     return mode
+
+
+def _build_requires() -> list[str]:
+    """What building the extension needs that is not importable yet (pip installs these
+    into an isolated build environment; a non-isolated build that has them needs nothing)."""
+    if _build_mode() == "0":
+        return []
+    needs = {"pybind11": "pybind11>=2.12", "ninja": "ninja"}
+    return [req for mod, req in needs.items() if importlib.util.find_spec(mod) is None]
 
 
 def _find_nvcc() -> str | None:
@@ -125,10 +135,12 @@ setup(
     package_dir={"artrt.kernels": "kernels"},
     ext_modules=[Extension("artrt._C", sources=CUDA_SOURCES)],
     cmdclass={"build_ext": NvccNinjaBuild},
-    setup_requires=["pybind11>=2.12", "ninja"] if _build_mode() != "0" else [],
+    setup_requires=_build_requires(),
     install_requires=["torch>=2.11", "triton>=3.6; platform_system == 'Linux'"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        # pybind11, ninja, setuptools: the tests drive setup.py's extension build.
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pybind11>=2.12", "ninja",
+                 "setuptools>=64"],
         "data": [],
     },
     entry_points={"console_scripts": ["artrt = artrt.cli:main"]},

@@ -1,0 +1,59 @@
+"""Project-level checks: the README's examples run, the CLI works, the benchmark runner's
+smoke pass runs, and the code is ruff clean."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README))))
+def test_readme_python_examples(index):
+    block = re.findall(r"```python\n(.*?)```", README, re.S)[index]
+    exec(compile(block, f"README.md python block {index}", "exec"), {})
+
+
+def test_readme_commands_exist():
+    assert 'pip install -e ".[test]" && pytest' in README
+    assert "artrt info && artrt demo" in README
+
+
+def test_cli_info():
+    r = _run("-m", "artrt", "info")
+    assert r.returncode == 0, r.stderr
+    assert "torch" in r.stdout and "cpu: reference : available" in r.stdout
+
+
+def test_cli_demo():
+    r = _run("-m", "artrt", "demo")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reference" in r.stdout and "MISMATCH" not in r.stdout
+
+
+def test_bench_smoke(tmp_path):
+    r = _run("-m", "bench.run", "--smoke", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (result,) = tmp_path.glob("gated-*.json")
+    data = json.loads(result.read_text())
+    assert data["smoke"] is True and data["environment"]["torch"]
+    impls = {row["impl"] for row in data["rows"]}
+    assert {"eager", "torch.compile", "artrt-reference"} <= impls
+    assert all(row["max_err"] < 1e-5 for row in data["rows"])
+
+
+def test_ruff_clean():
+    r = _run("-m", "ruff", "check", str(ROOT))
+    assert r.returncode == 0, r.stdout + r.stderr
