@@ -138,9 +138,10 @@ setup(
     setup_requires=_build_requires(),
     install_requires=["torch>=2.11", "triton>=3.6; platform_system == 'Linux'"],
     extras_require={
-        # pybind11, ninja, setuptools: the tests drive setup.py's extension build.
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pybind11>=2.12", "ninja",
-                 "setuptools>=64"],
+        # numpy: the Triton interpreter needs it; pybind11, ninja, setuptools: the tests
+        # drive setup.py's extension build.
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "numpy",
+                 "pybind11>=2.12", "ninja", "setuptools>=64"],
         "data": [],
     },
     entry_points={"console_scripts": ["artrt = artrt.cli:main"]},
