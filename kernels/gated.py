@@ -38,6 +38,17 @@ def _tanh(z):
 
 
 @triton.jit
+def _tile(rows, s, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Rows (BLOCK_R,) and positions (BLOCK_S,) of this program's tile. The grid is 1-d
+    (axis 0 allows 2^31 - 1 programs, axis 1 only 65535) and walks positions fastest."""
+    n_s = tl.cdiv(s, BLOCK_S)
+    pid = tl.program_id(0).to(tl.int64)
+    pid_r = pid // n_s
+    pid_s = pid - pid_r * n_s
+    return pid_r * BLOCK_R + tl.arange(0, BLOCK_R), pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+
+
+@triton.jit
 def _gated_load(
     x_ptr, cond_ptr,
     stride_x_o, stride_x_c, stride_x_s,
@@ -68,8 +79,7 @@ def _gated_fwd_kernel(
 ):
     # Program (pid_r, pid_s) owns output rows r = o * C + ch in [pid_r * BLOCK_R, ...) and
     # positions j in [pid_s * BLOCK_S, ...); out is contiguous (O, C, S).
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
-    j = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
+    r, j = _tile(rows, s, BLOCK_R, BLOCK_S)
     mask = (r < rows)[:, None] & (j < s)[None, :]
     o = r // c
     ch = r - o * c
@@ -94,8 +104,7 @@ def _gated_bwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     # grad_out is contiguous (O, C, S); grad_x is contiguous (O, 2C, S).
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
-    j = tl.program_id(1).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
+    r, j = _tile(rows, s, BLOCK_R, BLOCK_S)
     mask = (r < rows)[:, None] & (j < s)[None, :]
     o = r // c
     ch = r - o * c
@@ -128,7 +137,7 @@ def _launch(kernel, x3, cond3, tensors, c: int, act: int):
     o, _, s = x3.shape
     rows = o * c
     block_r, block_s = _blocks(s)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(s, block_s))
+    grid = (triton.cdiv(rows, block_r) * triton.cdiv(s, block_s),)
     has_cond = cond3 is not None
     cond_ptr = cond3 if has_cond else x3
     cond_strides = cond3.stride() if has_cond else (0, 0, 0)

@@ -30,6 +30,7 @@ SHAPES = [
     ((1, 2), 1),
     ((3, 2, 4, 33), 2),
     ((2, 258, 3), 1),
+    ((3, 6, 2100), 1),  # two position blocks per row, the second one partial
 ]
 
 
