@@ -1,0 +1,487 @@
+"""Masked and shifted 2-D convolutions of PixelCNN, Gated PixelCNN and PixelCNN++.
+
+``masked_conv2d`` is the masked convolution of PixelCNN (van den Oord, Kalchbrenner and
+Kavukcuoglu, "Pixel Recurrent Neural Networks", 2016): a k x k "same" convolution whose
+weight is zero at and after the centre in raster order. Mask A (first layer) excludes the
+centre pixel, mask B (later layers) includes it. With ``color_groups=3`` the input and output
+channels are each split into three contiguous groups R, G, B, and the centre tap follows the
+colour ordering (R < G < B)::
+
+    k = 5, taps (one channel group):       centre tap, color_groups=3 (rows: output group,
+                                           columns: input group; 1 = connected)
+      1 1 1 1 1                                      mask A        mask B
+      1 1 1 1 1                                      R G B         R G B
+      1 1 c 0 0      c: mask A 0, mask B 1       R   0 0 0         1 0 0
+      0 0 0 0 0                                  G   1 0 0         1 1 0
+      0 0 0 0 0                                  B   1 1 0         1 1 1
+
+``down_shifted_conv2d`` and ``down_right_shifted_conv2d`` are the shifted convolutions of
+PixelCNN++ (Salimans, Karpathy, Chen and Kingma, 2017): a (kh, kw) kernel placed so that
+output pixel (i, j) sees rows i-kh+1..i and columns j-(kw-1)/2..j+(kw-1)/2 (down-shifted,
+default 2 x 3), or rows i-kh+1..i and columns j-kw+1..j (down-right-shifted, default 2 x 2).
+
+All are one torch.library op, ``artrt::tap_conv2d``: a convolution with zero padding
+``pad_top`` rows above and ``pad_left`` columns left of each output pixel (the rest of the
+kernel below and right of it), optionally masked in raster order around the tap at
+``(pad_top, pad_left)``. Only the live taps are computed by the Triton kernel
+(:mod:`artrt.kernels.masked_conv2d`), so a masked k x k convolution does about half the work
+of a dense one. The weight keeps ``nn.Conv2d``'s layout (Cout, Cin, kh, kw) and may hold
+anything at masked positions: they are ignored and get zero gradient.
+
+``cond`` is the class-conditional bias of conditional PixelCNN (van den Oord et al.,
+"Conditional Image Generation with PixelCNN Decoders", 2016): a (B, Cout) tensor added to
+every pixel of each image (``V^T h`` already projected).
+
+Departure from the papers: colour groups are contiguous channel blocks (channel c is in group
+``c // (C / groups)``), the layout of PixelCNN's reference implementation; PixelCNN++ uses
+no colour groups and has none here.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from artrt import backends
+
+# Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
+PREFERENCE = ("triton", "reference")
+MASK_TYPES = ("A", "B", "none")
+
+
+# --------------------------------------------------------------------------- tap sets
+
+@functools.lru_cache(maxsize=256)
+def _live_taps(kh: int, kw: int, pad_top: int, pad_left: int, mask_type: str,
+               color_groups: int) -> tuple[tuple[int, int], ...]:
+    """Kernel positions (r, c) whose weight can be non-zero, in raster order."""
+    live = []
+    for r in range(kh):
+        for c in range(kw):
+            before = (r, c) < (pad_top, pad_left)
+            centre = (r, c) == (pad_top, pad_left)
+            if (mask_type == "none" or before or (centre and mask_type == "B")
+                    or (centre and color_groups > 1)):
+                live.append((r, c))
+    return tuple(live)
+
+
+def tap_mask(weight_shape: tuple[int, ...], pad_top: int, pad_left: int, mask_type: str,
+             color_groups: int = 1, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The 0/1 mask of a weight of shape (Cout, Cin, kh, kw); see the module docstring."""
+    cout, cin, kh, kw = weight_shape
+    mask = torch.zeros(weight_shape, device=device, dtype=dtype)
+    for r, c in _live_taps(kh, kw, pad_top, pad_left, mask_type, color_groups):
+        mask[:, :, r, c] = 1
+    if mask_type != "none" and color_groups > 1:
+        g_in = torch.arange(cin, device=device) // (cin // color_groups)
+        g_out = torch.arange(cout, device=device) // (cout // color_groups)
+        allowed = (g_in[None, :] < g_out[:, None]) if mask_type == "A" else (
+            g_in[None, :] <= g_out[:, None])
+        mask[:, :, pad_top, pad_left] = allowed.to(dtype)
+    return mask
+
+
+# --------------------------------------------------------------------------- reference
+
+def tap_conv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   cond: torch.Tensor | None, pad_top: int, pad_left: int, mask_type: str,
+                   color_groups: int = 1, residual: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Pure PyTorch ``artrt::tap_conv2d``: ``F.conv2d`` with the masked weight.
+
+    x (B, Cin, H, W), weight (Cout, Cin, kh, kw), bias (Cout,) or None, cond (B, Cout) or
+    None, residual (B, Cout, H, W) or None. Returns (B, Cout, H, W).
+    """
+    kh, kw = weight.shape[2:]
+    w = weight * tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                          weight.device, weight.dtype)
+    x = F.pad(x, (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
+    out = F.conv2d(x, w, bias)
+    if cond is not None:
+        out = out + cond[:, :, None, None]
+    if residual is not None:
+        out = out + residual
+    return out
+
+
+def masked_conv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      mask_type: str = "B", color_groups: int = 1,
+                      cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure PyTorch :func:`masked_conv2d`."""
+    k = weight.shape[-1]
+    return tap_conv2d_ref(x, weight, bias, cond, k // 2, k // 2, mask_type, color_groups)
+
+
+def down_shifted_conv2d_ref(x: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None = None,
+                            cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure PyTorch :func:`down_shifted_conv2d`."""
+    kh, kw = weight.shape[2:]
+    return tap_conv2d_ref(x, weight, bias, cond, kh - 1, (kw - 1) // 2, "none")
+
+
+def down_right_shifted_conv2d_ref(x: torch.Tensor, weight: torch.Tensor,
+                                  bias: torch.Tensor | None = None,
+                                  cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure PyTorch :func:`down_right_shifted_conv2d`."""
+    kh, kw = weight.shape[2:]
+    return tap_conv2d_ref(x, weight, bias, cond, kh - 1, kw - 1, "none")
+
+
+def tap_conv2d_backward_ref(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                            pad_top: int, pad_left: int, mask_type: str, color_groups: int
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure PyTorch gradients (dx, dweight, dcond) of ``tap_conv2d`` for ``grad_out``.
+
+    dcond (B, Cout) is ``grad_out`` summed over pixels, in float32 (float64 for float64):
+    the bias gradient is its batch sum, rounded once to the parameters' dtype.
+    """
+    kh, kw = weight.shape[2:]
+    height, width = x.shape[2:]
+    mask = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups, weight.device,
+                    weight.dtype)
+    xp = F.pad(x, (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
+    dxp = torch.nn.grad.conv2d_input(xp.shape, weight * mask, grad_out)
+    dx = dxp[:, :, pad_top:pad_top + height, pad_left:pad_left + width]
+    dw = torch.nn.grad.conv2d_weight(xp, weight.shape, grad_out) * mask
+    return dx, dw, grad_out.sum((2, 3), dtype=acc_dtype(grad_out.dtype))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the bias / cond gradient sums: float32, or float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _tensor(t, what: str, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check(x, weight, bias, cond, pad_top, pad_left, mask_type, color_groups,
+           name: str = "artrt::tap_conv2d", residual=None) -> None:
+    """Validate the arguments of every tap convolution, naming what is wrong."""
+    _tensor(x, "x", name)
+    _tensor(weight, "weight", name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be 4-D (B, Cin, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be 4-D (Cout, Cin, kh, kw), got shape "
+                         f"{tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{name}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{name}: weight must be on x's device {x.device}, got {weight.device}")
+    cout, cin, kh, kw = weight.shape
+    if cin != x.shape[1]:
+        raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} expects {cin} input "
+                         f"channels, x of shape {tuple(x.shape)} has {x.shape[1]}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name}: weight must have a non-empty kernel, got {kh} x {kw}")
+    for v, what in ((pad_top, "pad_top"), (pad_left, "pad_left"), (color_groups,
+                                                                   "color_groups")):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name}: {what} must be an int, got {type(v).__name__}")
+    if not (0 <= pad_top < kh and 0 <= pad_left < kw):
+        raise ValueError(f"{name}: the output pixel's tap (pad_top, pad_left) = "
+                         f"({pad_top}, {pad_left}) must lie in the {kh} x {kw} kernel")
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"{name}: mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+    if color_groups < 1:
+        raise ValueError(f"{name}: color_groups must be >= 1, got {color_groups}")
+    if color_groups > 1:
+        if mask_type == "none":
+            raise ValueError(f"{name}: color_groups={color_groups} needs mask_type 'A' or "
+                             "'B' (an unmasked convolution has no channel ordering)")
+        if cin % color_groups or cout % color_groups:
+            raise ValueError(f"{name}: color_groups={color_groups} must divide the input and "
+                             f"output channel counts, got Cin={cin}, Cout={cout}")
+    for t, what, shape in ((bias, "bias", (cout,)), (cond, "cond", (x.shape[0], cout)),
+                           (residual, "residual", (x.shape[0], cout, *x.shape[2:]))):
+        if t is None:
+            continue
+        _tensor(t, what, name)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def _check_grad(grad_out, x, weight, name="artrt::tap_conv2d_backward") -> None:
+    shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+    if tuple(grad_out.shape) != shape:
+        raise ValueError(f"{name}: grad_out must have shape {shape}, got {tuple(grad_out.shape)}")
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise TypeError(f"{name}: grad_out must be {x.dtype} on {x.device}, "
+                        f"got {grad_out.dtype} on {grad_out.device}")
+
+
+# --------------------------------------------------------------------------- packing
+
+@functools.lru_cache(maxsize=256)
+def _taps_tensor(taps: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(taps, dtype=torch.int32, device=device).reshape(len(taps), 2)
+
+
+def pack_weight(weight: torch.Tensor, pad_top: int, pad_left: int, mask_type: str,
+                color_groups: int, transpose: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed weight, taps) for the kernels.
+
+    packed: (T, Cin, Cout) contiguous, or (T, Cout, Cin) with ``transpose``, holding the live
+    taps of the masked weight. taps: (T, 2) int32, the (dy, dx) offset of each from the
+    output pixel, mirrored to (-dy, -dx) with ``transpose`` (the input gradient).
+    """
+    kh, kw = weight.shape[2:]
+    live = _live_taps(kh, kw, pad_top, pad_left, mask_type, color_groups)
+    rows = [r for r, _ in live]
+    cols = [c for _, c in live]
+    w = weight[:, :, rows, cols]  # (Cout, Cin, T)
+    if mask_type != "none" and color_groups > 1:
+        mask = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                        weight.device, weight.dtype)
+        w = w * mask[:, :, rows, cols]
+    sign = -1 if transpose else 1
+    offsets = tuple((sign * (r - pad_top), sign * (c - pad_left)) for r, c in live)
+    packed = w.permute(2, 0, 1) if transpose else w.permute(2, 1, 0)
+    return packed.contiguous(), _taps_tensor(offsets, weight.device)
+
+
+def unpack_weight_grad(dpacked: torch.Tensor, weight: torch.Tensor, pad_top: int,
+                       pad_left: int, mask_type: str, color_groups: int) -> torch.Tensor:
+    """Dense (Cout, Cin, kh, kw) gradient of weight's dtype from a packed (T, Cin, Cout) one;
+    zero at every masked entry."""
+    kh, kw = weight.shape[2:]
+    live = _live_taps(kh, kw, pad_top, pad_left, mask_type, color_groups)
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=dpacked.dtype)
+    dw[:, :, [r for r, _ in live], [c for _, c in live]] = dpacked.permute(2, 1, 0)
+    if mask_type != "none" and color_groups > 1:
+        dw = dw * tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                           weight.device, dw.dtype)
+    return dw.to(weight.dtype)
+
+
+# --------------------------------------------------------------------------- backends
+
+def _forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, color_groups,
+             name):
+    if name == "reference":
+        return tap_conv2d_ref(x, weight, bias, cond, pad_top, pad_left, mask_type,
+                              color_groups, residual).contiguous()
+    from artrt.kernels.masked_conv2d import tap_conv_fwd
+
+    packed, taps = pack_weight(weight, pad_top, pad_left, mask_type, color_groups)
+    out, _ = tap_conv_fwd(x, packed, taps, bias=bias, cond=cond, residual=residual)
+    return out
+
+
+def _backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups,
+              need_x, need_w, name):
+    if name == "reference":
+        dx, dw, dcond = tap_conv2d_backward_ref(grad_out, x, weight, pad_top, pad_left,
+                                                mask_type, color_groups)
+        dx = dx.contiguous() if need_x else x.new_empty(0)
+        dw = dw.contiguous() if need_w else weight.new_empty(0)
+        return dx, dw, dcond.contiguous()
+    from artrt.kernels.masked_conv2d import tap_conv_fwd, tap_conv_wgrad
+
+    g = grad_out.contiguous()
+    dx, dw = x.new_empty(0), weight.new_empty(0)
+    if need_x:
+        packed_t, taps_t = pack_weight(weight, pad_top, pad_left, mask_type, color_groups,
+                                       transpose=True)
+        dx, _ = tap_conv_fwd(g, packed_t, taps_t)
+    if need_w:
+        _, taps = pack_weight(weight, pad_top, pad_left, mask_type, color_groups)
+        dw = unpack_weight_grad(tap_conv_wgrad(x, g, taps), weight, pad_top, pad_left,
+                                mask_type, color_groups)
+    return dx, dw, g.sum((2, 3), dtype=acc_dtype(g.dtype))
+
+
+# --------------------------------------------------------------------------- torch.library ops
+
+@torch.library.custom_op("artrt::tap_conv2d", mutates_args=())
+def tap_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               cond: torch.Tensor | None, residual: torch.Tensor | None, pad_top: int,
+               pad_left: int, mask_type: str, color_groups: int, backend: str) -> torch.Tensor:
+    """The op behind masked_conv2d and the shifted convolutions: (B, Cout, H, W) contiguous,
+    plus ``residual`` (B, Cout, H, W) when given (fused into the epilogue)."""
+    _check(x, weight, bias, cond, pad_top, pad_left, mask_type, color_groups,
+           residual=residual)
+    name = backends.select("tap_conv2d", x.device, x.dtype, backend, PREFERENCE)
+    return _forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type,
+                    color_groups, name)
+
+
+@tap_conv2d.register_fake
+def _(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, color_groups, backend):
+    _check(x, weight, bias, cond, pad_top, pad_left, mask_type, color_groups,
+           residual=residual)
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+
+@torch.library.custom_op("artrt::tap_conv2d_backward", mutates_args=())
+def tap_conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                        pad_top: int, pad_left: int, mask_type: str, color_groups: int,
+                        need_x: bool, need_w: bool, backend: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dcond) of artrt::tap_conv2d; dx / dweight are empty when not needed;
+    dcond (B, Cout) in float32 (float64 for float64)."""
+    _check(x, weight, None, None, pad_top, pad_left, mask_type, color_groups)
+    _check_grad(grad_out, x, weight)
+    name = backends.select("tap_conv2d backward", x.device, x.dtype, backend, PREFERENCE)
+    return _backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups,
+                     need_x, need_w, name)
+
+
+@tap_conv2d_backward.register_fake
+def _(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups, need_x, need_w,
+      backend):
+    _check(x, weight, None, None, pad_top, pad_left, mask_type, color_groups)
+    _check_grad(grad_out, x, weight)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0)
+    dw = (torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w
+          else weight.new_empty(0))
+    return dx, dw, grad_out.new_empty(grad_out.shape[:2], dtype=acc_dtype(grad_out.dtype))
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_out, x, weight, pad_top, pad_left, mask_type, color_groups, *_ = inputs
+    ctx.save_for_backward(grad_out, x, weight)
+    ctx.spec = (pad_top, pad_left, mask_type, color_groups)
+
+
+def _tap_conv2d_backward_autograd(ctx, ggx, ggw, ggcond):
+    """Double backward, through the reference (pure PyTorch) formula of the backward."""
+    grad_out, x, weight = ctx.saved_tensors
+
+    def backward_ref(grad_out, x, weight):
+        dx, dw, dcond = tap_conv2d_backward_ref(grad_out, x, weight, *ctx.spec)
+        return dx, dw, dcond
+
+    _, vjp = torch.func.vjp(backward_ref, grad_out, x, weight)
+    ggx = ggx if ggx.numel() else torch.zeros_like(x)
+    ggw = ggw if ggw.numel() else torch.zeros_like(weight)
+    grads = vjp((ggx, ggw, ggcond))
+    return (*grads, None, None, None, None, None, None, None)
+
+
+tap_conv2d_backward.register_autograd(_tap_conv2d_backward_autograd,
+                                      setup_context=_backward_setup_context)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, cond, residual, pad_top, pad_left, mask_type, color_groups, backend = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.spec = (pad_top, pad_left, mask_type, color_groups)
+    ctx.backend = backend
+
+
+def _tap_conv2d_autograd(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b, need_c, need_r = ctx.needs_input_grad[:5]
+    grad_res = grad_out if need_r else None
+    if not (need_x or need_w or need_b or need_c):
+        return (None, None, None, None, grad_res, None, None, None, None, None)
+    dx, dw, dcond = tap_conv2d_backward(grad_out, x, weight, *ctx.spec, need_x, need_w,
+                                        ctx.backend)
+    return (dx if need_x else None, dw if need_w else None,
+            dcond.sum(0).to(x.dtype) if need_b else None,
+            dcond.to(x.dtype) if need_c else None, grad_res,
+            None, None, None, None, None)
+
+
+tap_conv2d.register_autograd(_tap_conv2d_autograd, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public functions
+
+def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  mask_type: str = "B", color_groups: int = 1,
+                  cond: torch.Tensor | None = None, *,
+                  backend: str | None = None) -> torch.Tensor:
+    """PixelCNN masked convolution (see the module docstring for the masks).
+
+    Args:
+        x: (B, Cin, H, W) floating tensor, any strides. The kernels take float32, float16
+            and bfloat16 (accumulation in float32); other float dtypes use the reference.
+        weight: (Cout, Cin, k, k), k odd, x's dtype; ``nn.Conv2d``'s layout. Entries at
+            masked positions are ignored (and get zero gradient).
+        bias: optional (Cout,).
+        mask_type: ``"A"`` (centre pixel excluded: first layer) or ``"B"`` (included).
+        color_groups: 1, or the number of colour groups (3 for RGB) that Cin and Cout are
+            split into; the centre tap then follows the R < G < B ordering.
+        cond: optional (B, Cout) class-conditional bias, added at every pixel.
+        backend: force ``"reference"`` or ``"triton"``; ``None`` follows
+            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available.
+
+    Returns:
+        (B, Cout, H, W) contiguous tensor of x's dtype ("same" padding, stride 1).
+
+    Differentiable in x, weight, bias and cond.
+    """
+    name = "masked_conv2d"
+    _tensor(weight, "weight", name)
+    if weight.dim() == 4:
+        kh, kw = weight.shape[2:]
+        if kh != kw or kh % 2 == 0:
+            raise ValueError(f"{name}: the kernel must be square with an odd size, got "
+                             f"{kh} x {kw}")
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"{name}: mask_type must be 'A' or 'B', got {mask_type!r}")
+    k = weight.shape[-1] if weight.dim() == 4 else 1
+    _check(x, weight, bias, cond, k // 2, k // 2, mask_type, color_groups, name)
+    return tap_conv2d(x, weight, bias, cond, None, k // 2, k // 2, mask_type, color_groups,
+                      backends.requested(backend))
+
+
+def _shifted(name, x, weight, bias, cond, backend, pads):
+    _tensor(weight, "weight", name)
+    if weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be 4-D (Cout, Cin, kh, kw), got shape "
+                         f"{tuple(weight.shape)}")
+    pad_top, pad_left = pads(*weight.shape[2:])
+    _check(x, weight, bias, cond, pad_top, pad_left, "none", 1, name)
+    return tap_conv2d(x, weight, bias, cond, None, pad_top, pad_left, "none", 1,
+                      backends.requested(backend))
+
+
+def down_shifted_conv2d(x: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+                        *, backend: str | None = None) -> torch.Tensor:
+    """PixelCNN++ down-shifted convolution: output (i, j) sees rows i-kh+1..i, columns
+    j-(kw-1)//2 .. j+kw-1-(kw-1)//2 of x (zero outside the image)::
+
+        kernel 2 x 3:   x x x      row i-1
+                        x o x      row i   (o: the output pixel's own position)
+
+    x (B, Cin, H, W); weight (Cout, Cin, kh, kw) (2 x 3 in the paper); bias (Cout,);
+    cond (B, Cout). Returns (B, Cout, H, W). In PixelCNN++ the output is then shifted down
+    one row (``down_shift``) so that row i sees only rows above it.
+    """
+    return _shifted("down_shifted_conv2d", x, weight, bias, cond, backend,
+                    lambda kh, kw: (kh - 1, (kw - 1) // 2))
+
+
+def down_right_shifted_conv2d(x: torch.Tensor, weight: torch.Tensor,
+                              bias: torch.Tensor | None = None,
+                              cond: torch.Tensor | None = None, *,
+                              backend: str | None = None) -> torch.Tensor:
+    """PixelCNN++ down-right-shifted convolution: output (i, j) sees rows i-kh+1..i and
+    columns j-kw+1..j of x (zero outside the image)::
+
+        kernel 2 x 2:   x x        row i-1
+                        x o        row i   (o: the output pixel's own position)
+
+    Shapes as :func:`down_shifted_conv2d` (2 x 2 kernel in the paper).
+    """
+    return _shifted("down_right_shifted_conv2d", x, weight, bias, cond, backend,
+                    lambda kh, kw: (kh - 1, kw - 1))
