@@ -6,17 +6,42 @@ Backends and how to force one: :mod:`artrt.backends`; ``artrt info`` says which 
 
 from artrt import nn, ops
 from artrt.backends import BackendUnavailableError, use_backend
-from artrt.ops import gated_sigmoid, gated_sigmoid_ref, gated_tanh, gated_tanh_ref
+from artrt.ops import (
+    causal_conv1d,
+    causal_conv1d_ref,
+    down_right_shifted_conv2d,
+    down_right_shifted_conv2d_ref,
+    down_shifted_conv2d,
+    down_shifted_conv2d_ref,
+    gated_sigmoid,
+    gated_sigmoid_ref,
+    gated_tanh,
+    gated_tanh_ref,
+    masked_conv2d,
+    masked_conv2d_ref,
+    wavenet_gate,
+    wavenet_gate_ref,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "__version__",
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "down_right_shifted_conv2d",
+    "down_right_shifted_conv2d_ref",
+    "down_shifted_conv2d",
+    "down_shifted_conv2d_ref",
     "gated_sigmoid",
     "gated_sigmoid_ref",
     "gated_tanh",
     "gated_tanh_ref",
+    "masked_conv2d",
+    "masked_conv2d_ref",
+    "wavenet_gate",
+    "wavenet_gate_ref",
     "nn",
     "ops",
     "use_backend",

@@ -77,7 +77,7 @@ def _rows_for(op, shape, k, dtype, impls, flops, want, smoke):
             errs[name] = (out.float() - want).abs().max().item()
         except Exception as e:  # noqa: BLE001 - a baseline missing here is recorded
             notes[name] = f"{type(e).__name__}: {e}"[:200]
-    base = {"cudnn": "vs_cudnn", "eager": "vs_eager", "torch.compile": "vs_compile"}
+    base = {"cuDNN": "vs_cudnn", "eager": "vs_eager", "torch.compile": "vs_compile"}
     rows = []
     for name in impls:
         if name not in times:
@@ -106,7 +106,7 @@ def _masked_case(b, c, size, k, dtype, device, smoke):
     def dense(x, w, bias):
         return F.conv2d(x, w * mask, bias, padding=k // 2)
 
-    impls = {"cudnn": (lambda: dense(x, w, bias), (x, w, bias))}
+    impls = {"cuDNN": (lambda: dense(x, w, bias), (x, w, bias))}
     compiled, why = _compiled(dense, smoke)
     if compiled is not None:
         impls["torch.compile"] = (lambda: compiled(x, w, bias), (x, w, bias))

@@ -19,9 +19,13 @@ from pathlib import Path
 
 import torch
 
-from bench import common, gated
+from bench import causal_conv1d, common, gated, masked_conv
 
-FAMILIES = {"gated": gated}
+FAMILIES = {
+    "causal_conv1d": causal_conv1d,
+    "gated": gated,
+    "masked_conv": masked_conv,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,14 @@
 """The public functional ops of artrt (torch.library ops) and their pure-PyTorch references."""
 
+from artrt.ops.causal_conv1d import (
+    causal_conv1d,
+    causal_conv1d_backward_ref,
+    causal_conv1d_ref,
+    wavenet_block_ref,
+    wavenet_gate,
+    wavenet_gate_backward_ref,
+    wavenet_gate_ref,
+)
 from artrt.ops.gated import (
     gated_backward_ref,
     gated_sigmoid,
@@ -7,11 +16,34 @@ from artrt.ops.gated import (
     gated_tanh,
     gated_tanh_ref,
 )
+from artrt.ops.masked_conv2d import (
+    down_right_shifted_conv2d,
+    down_right_shifted_conv2d_ref,
+    down_shifted_conv2d,
+    down_shifted_conv2d_ref,
+    masked_conv2d,
+    masked_conv2d_ref,
+    tap_mask,
+)
 
 __all__ = [
+    "causal_conv1d",
+    "causal_conv1d_backward_ref",
+    "causal_conv1d_ref",
+    "down_right_shifted_conv2d",
+    "down_right_shifted_conv2d_ref",
+    "down_shifted_conv2d",
+    "down_shifted_conv2d_ref",
     "gated_backward_ref",
     "gated_sigmoid",
     "gated_sigmoid_ref",
     "gated_tanh",
     "gated_tanh_ref",
+    "masked_conv2d",
+    "masked_conv2d_ref",
+    "tap_mask",
+    "wavenet_block_ref",
+    "wavenet_gate",
+    "wavenet_gate_backward_ref",
+    "wavenet_gate_ref",
 ]
