@@ -4,9 +4,13 @@ Functional ops live in :mod:`artrt.ops` (re-exported here), modules in :mod:`art
 Backends and how to force one: :mod:`artrt.backends`; ``artrt info`` says which are available.
 """
 
-from artrt import nn, ops
+from artrt import nn, ops, sampling
 from artrt.backends import BackendUnavailableError, use_backend
 from artrt.ops import (
+    attention_decode,
+    attention_decode_ref,
+    causal_attention,
+    causal_attention_ref,
     causal_conv1d,
     causal_conv1d_ref,
     down_right_shifted_conv2d,
@@ -28,6 +32,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "__version__",
+    "attention_decode",
+    "attention_decode_ref",
+    "causal_attention",
+    "causal_attention_ref",
     "causal_conv1d",
     "causal_conv1d_ref",
     "down_right_shifted_conv2d",
@@ -44,5 +52,6 @@ __all__ = [
     "wavenet_gate_ref",
     "nn",
     "ops",
+    "sampling",
     "use_backend",
 ]

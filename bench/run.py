@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from bench import causal_conv1d, common, gated, masked_conv
+from bench import attention, causal_conv1d, common, gated, masked_conv
 
 FAMILIES = {
+    "attention": attention,
     "causal_conv1d": causal_conv1d,
     "gated": gated,
     "masked_conv": masked_conv,

@@ -1,5 +1,15 @@
 """The public functional ops of artrt (torch.library ops) and their pure-PyTorch references."""
 
+from artrt.ops.attention import (
+    causal_attention,
+    causal_attention_backward_ref,
+    causal_attention_ref,
+    random_order,
+    raster_order,
+    subscale_order,
+    zigzag_order,
+)
+from artrt.ops.attention_decode import attention_decode, attention_decode_ref
 from artrt.ops.causal_conv1d import (
     causal_conv1d,
     causal_conv1d_backward_ref,
@@ -27,6 +37,11 @@ from artrt.ops.masked_conv2d import (
 )
 
 __all__ = [
+    "attention_decode",
+    "attention_decode_ref",
+    "causal_attention",
+    "causal_attention_backward_ref",
+    "causal_attention_ref",
     "causal_conv1d",
     "causal_conv1d_backward_ref",
     "causal_conv1d_ref",
@@ -41,9 +56,13 @@ __all__ = [
     "gated_tanh_ref",
     "masked_conv2d",
     "masked_conv2d_ref",
+    "random_order",
+    "raster_order",
+    "subscale_order",
     "tap_mask",
     "wavenet_block_ref",
     "wavenet_gate",
     "wavenet_gate_backward_ref",
     "wavenet_gate_ref",
+    "zigzag_order",
 ]

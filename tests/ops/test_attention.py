@@ -1,0 +1,526 @@
+"""artrt.ops.causal_attention against its reference: raster and arbitrary orders, strict and
+not, GQA, any T, every head dim; the block-skip tables; opcheck, compile, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from artrt.kernels import attention as kattn
+
+from artrt import backends
+from artrt.ops.attention import (
+    HEAD_DIMS,
+    causal_attention,
+    causal_attention_backward_ref,
+    causal_attention_op,
+    causal_attention_ref,
+    random_order,
+    raster_order,
+    subscale_order,
+    zigzag_order,
+)
+from artrt.ops.attention_decode import attention_decode
+from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+
+KERNELS = kernel_backends()
+
+
+def make_qkv(b, h, hk, t, d, dtype=torch.float32, device=DEVICE, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g = (torch.randn(shape, generator=gen) for shape in
+                  ((b, h, t, d), (b, hk, t, d), (b, hk, t, d), (b, h, t, d)))
+    return tuple(x.to(device=device, dtype=dtype) for x in (q, k, v, g))
+
+
+def make_order(kind, b, t, device=DEVICE, seed=0):
+    """Ranks of ``kind``: None (raster), raster, zigzag, subscale, random, random-batch."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind is None:
+        return None
+    if kind == "raster":
+        return raster_order(t, device)
+    if kind == "zigzag":  # rows of width w; a last partial row keeps raster ranks
+        w = 16
+        full = (t // w) * w
+        rank = torch.arange(t)
+        if full:
+            rank[:full] = zigzag_order(t // w, w)
+        return rank.to(device)
+    if kind == "subscale":
+        side = math.isqrt(t)
+        assert side * side == t and side % 2 == 0
+        return subscale_order(side, side, 2, device)
+    if kind == "random":
+        return random_order(t, gen, device)
+    if kind == "random-batch":
+        return torch.stack([random_order(t, gen) for _ in range(b)]).to(device)
+    raise ValueError(kind)
+
+
+def run(fn, q, k, v, g, **kwargs):
+    """Output and (dq, dk, dv) for one upstream gradient."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v, **kwargs)
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v), g))
+
+
+def assert_all_close(got, want, atol=2e-5, rtol=1e-4):
+    for a, b, what in zip(got, want, ("out", "dq", "dk", "dv"), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=what)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def test_reference_matches_sdpa_causal():
+    q, k, v, _ = make_qkv(2, 4, 4, 19, 8, torch.float64, "cpu")
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(causal_attention_ref(q, k, v), want)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_reference_matches_dense_mask(strict):
+    """The ranks rule written out entry by entry, and GQA as repeated kv heads."""
+    t = 11
+    q, k, v, _ = make_qkv(1, 4, 2, t, 8, torch.float64, "cpu")
+    order = make_order("random", 1, t, "cpu")
+    mask = torch.tensor([[order[j] < order[i] if strict else order[j] <= order[i]
+                          for j in range(t)] for i in range(t)])
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    s = (q @ kk.transpose(-1, -2) / math.sqrt(8)).masked_fill(~mask, float("-inf"))
+    want = torch.nan_to_num(torch.softmax(s, -1)) @ vv  # rows with no key: 0
+    torch.testing.assert_close(causal_attention_ref(q, k, v, order=order, strict=strict), want)
+
+
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True),
+                                               ("random-batch", False), ("random", True)])
+def test_gradcheck_reference(order_kind, strict):
+    q, k, v, _ = make_qkv(2, 2, 1, 6, 3, torch.float64, "cpu")
+    order = make_order(order_kind, 2, 6, "cpu")
+    inputs = tuple(x.requires_grad_() for x in (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: causal_attention(q, k, v, 0.7, order, strict=strict,
+                                         backend="reference"), inputs)
+
+
+@pytest.mark.parametrize("order_kind,strict", [(None, False), ("random-batch", True)])
+def test_backward_ref_matches_autograd(order_kind, strict):
+    q, k, v, g = make_qkv(2, 4, 2, 7, 5, torch.float64, "cpu")
+    order = make_order(order_kind, 2, 7, "cpu")
+    want = run(causal_attention_ref, q, k, v, g, order=order, strict=strict, scale=0.4)[1:]
+    got = causal_attention_backward_ref(g, q, k, v, 0.4, order, strict)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_order_helpers():
+    assert zigzag_order(3, 4).view(3, 4).tolist() == [[0, 1, 2, 3], [7, 6, 5, 4],
+                                                     [8, 9, 10, 11]]
+    assert subscale_order(4, 4, 2).view(4, 4).tolist() == [[0, 4, 1, 5], [8, 12, 9, 13],
+                                                           [2, 6, 3, 7], [10, 14, 11, 15]]
+    assert raster_order(5).tolist() == [0, 1, 2, 3, 4]
+    r = random_order(50, torch.Generator().manual_seed(1))
+    assert sorted(r.tolist()) == list(range(50))
+    with pytest.raises(ValueError, match="multiples of stride"):
+        subscale_order(5, 4, 2)
+
+
+def test_raster_order_equals_none():
+    q, k, v, g = make_qkv(1, 2, 2, 9, 4, device="cpu")
+    assert_all_close(run(causal_attention, q, k, v, g, order=raster_order(9)),
+                     run(causal_attention, q, k, v, g))
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_kernel_head_dims(backend, d):
+    q, k, v, g = make_qkv(1, 2, 1, 129, d)
+    assert_all_close(run(causal_attention, q, k, v, g, backend=backend),
+                     run(causal_attention_ref, q, k, v, g))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("t", [1, 17, 128, 129, 1000])
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True), ("random", False),
+                                               ("zigzag", True)])
+def test_kernel_lengths_and_orders(backend, t, order_kind, strict):
+    q, k, v, g = make_qkv(1, 1, 1, t, 16, seed=t)
+    order = make_order(order_kind, 1, t)
+    kwargs = dict(order=order, strict=strict)
+    assert_all_close(run(causal_attention, q, k, v, g, backend=backend, **kwargs),
+                     run(causal_attention_ref, q, k, v, g, **kwargs))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("hk", [1, 2, 4])
+@pytest.mark.parametrize("order_kind,strict", [(None, False), ("random-batch", True),
+                                               ("subscale", False)])
+def test_kernel_gqa_and_batched_orders(backend, hk, order_kind, strict):
+    q, k, v, g = make_qkv(2, 4, hk, 100 if order_kind != "subscale" else 144, 32)
+    order = make_order(order_kind, 2, q.shape[2])
+    kwargs = dict(order=order, strict=strict, scale=0.3)
+    assert_all_close(run(causal_attention, q, k, v, g, backend=backend, **kwargs),
+                     run(causal_attention_ref, q, k, v, g, **kwargs))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("blocks", [(16, 64, 32, 16), (64, 16, 16, 64)])
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True), ("random", True)])
+def test_kernel_other_block_sizes(backend, blocks, order_kind, strict, monkeypatch):
+    """Query and key blocks of different sizes, both ways round, in both passes: the diagonal
+    skip bounds and the block lists hold for any sizes."""
+    for name, size in zip(("fwd_m", "fwd_n", "bwd_m", "bwd_n"), blocks, strict=True):
+        monkeypatch.setitem(kattn.CONFIG_FP32, name, size)
+    q, k, v, g = make_qkv(1, 2, 1, 100, 16)
+    order = make_order(order_kind, 1, 100)
+    kwargs = dict(order=order, strict=strict)
+    assert_all_close(run(causal_attention, q, k, v, g, backend=backend, **kwargs),
+                     run(causal_attention_ref, q, k, v, g, **kwargs))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("layout", ["strided", "permuted"])
+def test_kernel_non_contiguous(backend, layout):
+    q, k, v, g = make_qkv(2, 2, 1, 70, 16)
+    nc = [with_layout(x, layout) for x in (q, k, v, g)]
+    assert not any(x.is_contiguous() for x in nc)
+    order = make_order("random", 2, 70)
+    got = run(causal_attention, *nc, backend=backend, order=order)
+    assert got[0].is_contiguous()
+    assert_all_close(got, run(causal_attention_ref, q, k, v, g, order=order))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_kernel_fp16(backend):
+    """fp16 under the tolerance rule (bf16 runs in the gpu tests: the Triton 3.9 interpreter
+    computes tl.dot on bf16 operands wrongly)."""
+    q, k, v, g = make_qkv(1, 2, 1, 70, 32, torch.float16)
+    order = make_order("random", 1, 70)
+    fp32 = run(causal_attention_ref, q.float(), k.float(), v.float(), g.float(), order=order)
+    lowp = run(causal_attention_ref, q, k, v, g, order=order)
+    got = run(causal_attention, q, k, v, g, order=order, backend=backend)
+    for a, lp, f, what in zip(got, lowp, fp32, ("out", "dq", "dk", "dv"), strict=True):
+        assert a.dtype == torch.float16
+        assert_close_lowp(a, lp, f, f"fp16 {what}")
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+def test_rows_without_keys_are_zero(backend):
+    """Strict: the first position (raster) or the rank-0 position sees nothing -> zeros, no
+    gradient, no nan anywhere."""
+    q, k, v, g = make_qkv(1, 2, 2, 20, 16)
+    order = make_order("random", 1, 20)
+    for kw, first in ((dict(), 0), (dict(order=order), int(order.argmin()))):
+        out, dq, dk, dv = run(causal_attention, q, k, v, g, strict=True, backend=backend, **kw)
+        assert all(torch.isfinite(x).all() for x in (out, dq, dk, dv))
+        assert (out[:, :, first] == 0).all() and (dq[:, :, first] == 0).all()
+    out = causal_attention(q[:, :, :1], k[:, :, :1], v[:, :, :1], strict=True, backend=backend)
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("strict", [False, True])
+def test_autoregressive_property(backend, strict):
+    """Output i depends on k_j, v_j, q_j exactly where the order allows (checked through the
+    Jacobian): no leak, no blind spot."""
+    t = 9
+    q, k, v, _ = make_qkv(1, 1, 1, t, 16)
+    order = make_order("random", 1, t, seed=3)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = causal_attention(q, k, v, order=order, strict=strict, backend=backend)
+    for i in range(t):
+        dq, dk, dv = torch.autograd.grad(out[0, 0, i].sum(), (q, k, v), retain_graph=True)
+        seen = [bool(order[j] < order[i]) if strict else bool(order[j] <= order[i])
+                for j in range(t)]
+        assert [bool(x.abs().sum() > 0) for x in dv[0, 0]] == seen
+        assert [bool(x.abs().sum() > 0) for x in dk[0, 0]] == (seen if sum(seen) > 1
+                                                               else [False] * t)
+        assert [bool(x.abs().sum() > 0) for x in dq[0, 0]] == [j == i and sum(seen) > 1
+                                                               for j in range(t)]
+
+
+# --------------------------------------------------------------------------- block skipping
+
+
+def test_block_table_raster_is_lower_triangle():
+    t = 300
+    vis = kattn.visible_blocks(raster_order(t)[None], 64, 64, strict=False)[0]
+    n = vis.shape[0]
+    assert torch.equal(vis, torch.ones(n, n, dtype=torch.bool).tril())
+    vis = kattn.visible_blocks(raster_order(t)[None], 64, 32, strict=True)[0]
+    want = torch.tensor([[kb * 32 < min(qb * 64 + 63, t - 1) for kb in range(vis.shape[1])]
+                         for qb in range(vis.shape[0])])
+    assert torch.equal(vis, want)
+
+
+def test_block_table_zigzag_costs_what_raster_costs():
+    """A zig-zag scan of 64-wide rows visits exactly raster's blocks; a subscale order of a
+    64 x 64 image (stride 4) visits 2560 block pairs, 23% more than raster's 2080 and well
+    under the 4096 of a dense mask; only a random order needs them all."""
+    raster = kattn.visible_blocks(raster_order(64 * 64)[None], 64, 64, strict=False)
+    zigzag = kattn.visible_blocks(zigzag_order(64, 64)[None], 64, 64, strict=False)
+    assert torch.equal(raster, zigzag)
+    sub = kattn.visible_blocks(subscale_order(64, 64, 4)[None], 64, 64, strict=False)
+    assert raster.sum() == 64 * 65 // 2 and sub.sum() == 2560
+    rand = kattn.visible_blocks(random_order(64 * 64)[None], 64, 64, strict=False)
+    assert rand.all()
+
+
+def test_block_lists():
+    vis = torch.tensor([[[True, False, True, False], [False, False, False, False]]])
+    lists, counts = kattn._block_lists(vis)
+    assert counts.tolist() == [[2, 0]]
+    assert lists[0, 0, :2].tolist() == [0, 2]
+
+
+def test_block_table_matches_dense_mask():
+    """A block pair is listed iff the dense mask has a True in it."""
+    t, bq, bk = 150, 64, 32
+    order = make_order("random", 1, t, "cpu", seed=5)
+    for strict in (False, True):
+        vis = kattn.visible_blocks(order[None], bq, bk, strict)[0]
+        dense = order[None, :] < order[:, None] if strict else order[None, :] <= order[:, None]
+        for qb in range(vis.shape[0]):
+            for kb in range(vis.shape[1]):
+                block = dense[qb * bq:(qb + 1) * bq, kb * bk:(kb + 1) * bk]
+                assert bool(vis[qb, kb]) == bool(block.any())
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_default_backend_on_cpu_is_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kattn, "causal_attention_fwd", lambda *a: calls.append(1))
+    q, k, v, _ = make_qkv(1, 2, 2, 5, 4, device="cpu")
+    torch.testing.assert_close(causal_attention(q, k, v), causal_attention_ref(q, k, v))
+    assert calls == []
+
+
+def test_backward_uses_forward_backend(monkeypatch):
+    if "triton" not in KERNELS:
+        pytest.skip("triton cannot run here")
+    import artrt
+
+    calls = []
+    real = kattn.causal_attention_bwd
+    monkeypatch.setattr(kattn, "causal_attention_bwd", lambda *a: calls.append(1) or real(*a))
+    q, k, v, _ = make_qkv(1, 2, 2, 5, 16)
+    q.requires_grad_()
+    with artrt.use_backend("triton"):
+        out = causal_attention(q, k, v)
+    out.sum().backward()
+    assert calls == [1]
+
+
+def test_forced_backend_cannot_run():
+    q, k, v, _ = make_qkv(1, 1, 1, 4, 4, torch.float64, DEVICE)
+    with pytest.raises(backends.BackendUnavailableError, match="float64"):
+        causal_attention(q, k, v, backend="triton")
+    with pytest.raises(backends.BackendUnavailableError, match="no implementation"):
+        causal_attention(q, k, v, backend="cuda")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input():
+    q, k, v, _ = make_qkv(2, 4, 2, 6, 8, device="cpu")
+    with pytest.raises(ValueError, match=r"q must have shape \(B, H, T, D\)"):
+        causal_attention(q[0], k, v)
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        causal_attention(q, k, v[:, :1])
+    with pytest.raises(ValueError, match=r"k must have shape \(B, Hk, T, D\)"):
+        causal_attention(q, k[:, :, :5], v[:, :, :5])
+    with pytest.raises(ValueError, match="multiple of k's and v's 3"):
+        causal_attention(q, *make_qkv(2, 3, 3, 6, 8, device="cpu")[1:3])
+    with pytest.raises(TypeError, match="k must have q's dtype"):
+        causal_attention(q, k.double(), v)
+    with pytest.raises(TypeError, match="floating-point"):
+        causal_attention(q.long(), k.long(), v.long())
+    with pytest.raises(ValueError, match="k must be on q's device"):
+        causal_attention(q, k.to("meta"), v)
+    with pytest.raises(ValueError, match=r"head dim D must be in \[1, 128\].*got 129"):
+        causal_attention(*make_qkv(1, 1, 1, 3, 129, device="cpu")[:3])
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        causal_attention(q.tolist(), k, v)
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        causal_attention(q, k, v, strict=1)
+    with pytest.raises(TypeError, match="scale must be a float"):
+        causal_attention(q, k, v, scale="0.1")
+    with pytest.raises(TypeError, match="order must be an int32 or int64"):
+        causal_attention(q, k, v, order=torch.arange(6.0))
+    with pytest.raises(ValueError, match=r"order must have shape \(T,\) = \(6,\)"):
+        causal_attention(q, k, v, order=torch.arange(5))
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+def test_order_not_a_permutation(backend):
+    q, k, v, _ = make_qkv(2, 2, 2, 6, 16)
+    for bad in (torch.tensor([0, 1, 1, 2, 3, 4]), torch.tensor([1, 2, 3, 4, 5, 6]),
+                torch.stack([torch.arange(6), torch.tensor([0, 0, 0, 0, 0, 0])])):
+        with pytest.raises(ValueError, match="permutation of the ranks 0..5"):
+            causal_attention(q, k, v, order=bad.to(q.device), backend=backend)
+
+
+def test_bad_grad_out():
+    q, k, v, g = make_qkv(1, 2, 2, 5, 4, device="cpu")
+    out, lse = causal_attention_op(q, k, v, None, 0.5, False, "auto")
+    with pytest.raises(ValueError, match="grad_out must be"):
+        torch.ops.artrt.causal_attention_backward(g[:, :1], q, k, v, out, lse, None, 0.5,
+                                                  False, "auto")
+    with pytest.raises(ValueError, match="lse must be float32"):
+        torch.ops.artrt.causal_attention_backward(g, q, k, v, out, lse.double(), None, 0.5,
+                                                  False, "auto")
+
+
+# --------------------------------------------------------------------------- torch.library
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("order_kind,strict", [(None, False), ("random-batch", True)])
+def test_opcheck(backend, order_kind, strict):
+    q, k, v, g = make_qkv(2, 2, 1, 20, 16)
+    order = make_order(order_kind, 2, 20)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(torch.ops.artrt.causal_attention.default,
+                          (q, k, v, order, 0.25, strict, backend))
+    out, lse = causal_attention_op(q.detach(), k.detach(), v.detach(), order, 0.25, strict,
+                                   backend)
+    torch.library.opcheck(torch.ops.artrt.causal_attention_backward.default,
+                          (g, q.detach(), k.detach(), v.detach(), out, lse, order, 0.25,
+                           strict, backend))
+
+
+@pytest.mark.parametrize("backend", [None, *KERNELS])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    q, k, v, g = make_qkv(1, 2, 1, 24, 16)
+    order = make_order("random", 1, 24)
+
+    def block(q, k, v):
+        a = causal_attention(q * 2.0, k, v, order=order, backend=backend)
+        return causal_attention(a, k, v, strict=True, backend=backend) + 1.0
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    assert_all_close(run(lambda *x: compiled(*x), q, k, v, g), run(block, q, k, v, g))
+
+
+# --------------------------------------------------------------------------- GPU, real shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("order_kind,strict", [(None, False), ("random", False),
+                                               ("zigzag", True)])
+def test_gpu_real_shapes(dtype, d, order_kind, strict):
+    b, h, hk, t = 2, 8, 2, 1000
+    q, k, v, g = make_qkv(b, h, hk, t, d, dtype, "cuda")
+    order = make_order(order_kind, b, t, "cuda")
+    kwargs = dict(order=order, strict=strict)
+    got = run(causal_attention, q, k, v, g, backend="triton", **kwargs)
+    fp32 = run(causal_attention_ref, *(x.float() for x in (q, k, v, g)), **kwargs)
+    if dtype == torch.float32:
+        assert_all_close(got, fp32, atol=1e-4, rtol=1e-4)
+        return
+    lowp = run(causal_attention_ref, q, k, v, g, **kwargs)
+    for a, lp, f, what in zip(got, lowp, fp32, ("out", "dq", "dk", "dv"), strict=True):
+        assert_close_lowp(a, lp, f, f"{dtype} D={d} {order_kind} {what}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [4096, 4097])
+def test_gpu_long_sequence_bf16(t):
+    q, k, v, g = make_qkv(1, 4, 1, t, 128, torch.bfloat16, "cuda")
+    got = run(causal_attention, q, k, v, g, backend="triton")
+    fp32 = run(causal_attention_ref, *(x.float() for x in (q, k, v, g)))
+    lowp = run(causal_attention_ref, q, k, v, g)
+    for a, lp, f, what in zip(got, lowp, fp32, ("out", "dq", "dk", "dv"), strict=True):
+        assert_close_lowp(a, lp, f, f"T={t} {what}")
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("shape", [(0, 2, 5, 16), (1, 2, 0, 16)])
+def test_empty(backend, shape):
+    q = torch.randn(shape, device=DEVICE, requires_grad=True)
+    out = causal_attention(q, q, q, backend=backend)
+    out.sum().backward()
+    assert out.shape == shape and q.grad.shape == shape
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_too_many_heads_for_the_grid(backend):
+    q = torch.randn(65536, 1, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 65535"):
+        causal_attention(q, q, q, backend=backend)
+    cache = torch.zeros(65536, 1, 4, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 65535"):
+        attention_decode(q, cache, cache.clone(), torch.zeros(65536, dtype=torch.int32,
+                                                               device=DEVICE), backend=backend)
+
+
+_SM90_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import artrt.kernels.attention as ka
+import artrt.kernels.attention_decode as kd
+
+def compile_for_sm90(fn, dtype, constexprs, num_warps, num_stages):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in ("rank_ptr", "blocks_ptr", "count_ptr", "seqlens_ptr"):
+            sig[name] = "*i32"
+        elif name in ("lse_ptr", "delta_ptr", "o_part_ptr", "lse_part_ptr"):
+            sig[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + dtype
+        else:
+            sig[name] = "fp32" if name.startswith("scale") else "i32"
+    triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": num_warps, "num_stages": num_stages})
+
+# Each of ORDERED and STRICT both ways, in each dtype (a full product doubles the time).
+for dtype, ordered, strict in (("bf16", False, False), ("bf16", True, True),
+                               ("fp32", False, True), ("fp32", True, False)):
+    cfg = ka.CONFIG_FP32 if dtype == "fp32" else ka.CONFIG_16BIT
+    prec = "ieee" if dtype == "fp32" else "tf32"
+    for fn, bm, bn in ((ka._causal_attention_fwd_kernel, cfg["fwd_m"], cfg["fwd_n"]),
+                       (ka._causal_attention_bwd_dkdv_kernel, cfg["bwd_m"], cfg["bwd_n"]),
+                       (ka._causal_attention_bwd_dq_kernel, cfg["bwd_m"], cfg["bwd_n"])):
+        compile_for_sm90(fn, dtype, dict(ORDERED=ordered, STRICT=strict, DOT_PRECISION=prec,
+                                         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=64),
+                         ka._num_warps(bm, 64), cfg["stages"])
+    compile_for_sm90(kd._attention_decode_fwd_kernel, dtype,
+                     dict(STRICT=strict, DOT_PRECISION=prec, BLOCK_M=16, BLOCK_N=kd._BLOCK_N,
+                          BLOCK_D=64), 4, kd._NUM_STAGES)
+    compile_for_sm90(kd._attention_decode_combine_kernel, dtype,
+                     dict(BLOCK_M=16, BLOCK_D=64), 4, 1)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the gpu tests run the kernels themselves")
+def test_kernels_compile_for_sm90():
+    """The interpreter does not type-check a kernel as the compiler does: compile the kernels
+    (raster/ordered, strict or not, bf16/fp32) for an H100 (sm_90) to a cubin here,
+    without a GPU, in a process where Triton is not in interpreter mode."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", _SM90_COMPILE], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
