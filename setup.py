@@ -136,7 +136,7 @@ setup(
     ext_modules=[Extension("artrt._C", sources=CUDA_SOURCES)],
     cmdclass={"build_ext": NvccNinjaBuild},
     setup_requires=_build_requires(),
-    install_requires=["torch>=2.11", "triton>=3.6; platform_system == 'Linux'"],
+    install_requires=["torch>=2.11", "triton>=3.6; platform_system == 'Linux'", "tqdm"],
     extras_require={
         # numpy: the Triton interpreter needs it; pybind11, ninja, setuptools: the tests
         # drive setup.py's extension build.
