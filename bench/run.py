@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from bench import attention, causal_conv1d, common, gated, masked_conv
+from bench import attention, causal_conv1d, common, dmol, gated, masked_conv
 
 FAMILIES = {
     "attention": attention,
     "causal_conv1d": causal_conv1d,
+    "dmol": dmol,
     "gated": gated,
     "masked_conv": masked_conv,
 }

@@ -19,6 +19,13 @@ from artrt.ops.causal_conv1d import (
     wavenet_gate_backward_ref,
     wavenet_gate_ref,
 )
+from artrt.ops.dmol import (
+    dmol_nll,
+    dmol_nll_backward_ref,
+    dmol_nll_ref,
+    dmol_sample,
+    dmol_sample_ref,
+)
 from artrt.ops.gated import (
     gated_backward_ref,
     gated_sigmoid,
@@ -49,6 +56,11 @@ __all__ = [
     "down_right_shifted_conv2d_ref",
     "down_shifted_conv2d",
     "down_shifted_conv2d_ref",
+    "dmol_nll",
+    "dmol_nll_backward_ref",
+    "dmol_nll_ref",
+    "dmol_sample",
+    "dmol_sample_ref",
     "gated_backward_ref",
     "gated_sigmoid",
     "gated_sigmoid_ref",
