@@ -1,0 +1,27 @@
+"""Thin autoregressive models, one per file, nanoGPT-sized, all with one interface.
+
+Interface (every model follows it, so training and sampling treat them alike):
+
+- ``<Model>Config``: a dataclass with at least ``shape`` ((C, H, W) images or (C, T)
+  sequences), ``levels`` (2 = binary, 17, 256) and ``num_classes`` (0 = unconditional), plus
+  the model's own sizes with small defaults. ``<Model>(config)`` keeps it as ``model.config``.
+- ``x`` is always the data's integer levels (see :mod:`artrt.data`): int64 (or uint8) of shape
+  (B, *shape), values in [0, levels). ``cond`` is None or int64 class labels (B,) in
+  [0, num_classes). Both are validated with clear ValueError/TypeError.
+- ``forward(x, cond=None)``: the distribution's parameters, e.g. logits (B, levels, *shape)
+  for a categorical output. The network sees ``artrt.data.to_input(x, levels)`` (floats in
+  [-1, 1]); ``forward_input(v, cond=None)`` takes that float input directly, so the
+  autoregressive property can be checked through the Jacobian.
+- ``nll(x, cond=None)``: (B,) negative log-likelihood in nats, summed over all dimensions
+  (bits per dimension = nll / (dims * ln 2)).
+- ``sample(n, cond=None, *, generator=None, progress=False, uniforms=None)``: (n, *shape)
+  int64, drawn one position at a time in the model's ordering by inverse-CDF sampling, from
+  ``generator`` or from pre-drawn U(0, 1) ``uniforms`` (so a cached sampler can be compared
+  exactly); a tqdm progress bar with ``progress=True``; no gradients; eval mode during the
+  loop.
+
+Tests for each model live in ``tests/models/test_<name>.py``: the autoregressive property
+through the Jacobian, ``nll`` equal to the sum of the per-step log-probabilities of the
+sampling order, a few optimiser steps on real data lowering the loss, and clear errors for
+bad input.
+"""

@@ -1,0 +1,177 @@
+"""WaveNet: stacks of gated residual blocks with doubling dilations and a categorical output,
+for mu-law audio and, over the raster sequence with a positional encoding, for images.
+
+Follows WaveNet (van den Oord et al., 2016): a causal input convolution, blocks of
+:class:`artrt.nn.WaveNetBlock` (dilated causal conv, ``tanh * sigmoid`` gate, residual and
+skip 1x1 convolutions) with dilations 1, 2, 4, ..., 2**(cycle - 1) repeated, the summed
+skips through ReLU - 1x1 - ReLU - 1x1 to a ``levels``-way softmax (256 for 8-bit mu-law,
+section 2.2; the mu-law companding itself is done by :mod:`artrt.data`, whose
+``membrane-mulaw`` set holds the levels), global conditioning on a class label (section 2.5).
+
+Sequence and ordering: x of shape (C, T) or (C, H, W) is read as one sequence with the channel
+dimension innermost, ``seq[t * C + c] = x[c, t]`` (images: ``seq[(i * W + j) * C + c] =
+x[c, i, j]``, the raster order with the channels of a pixel consecutive); the generation order
+is that sequence order.
+
+The shift: the network input at step t is ``seq[t - 1]`` (a learned start value at t = 0),
+so with causal convolutions the output at t sees ``seq[t - R .. t - 1]``, R =
+``receptive_field``, and never ``seq[t]``::
+
+    seq:     x0    x1    x2    x3  ...
+    input:   s     x0    x1    x2  ...     (s: learned start value)
+    output:  p(x0) p(x1|x0) ...
+
+Images get a positional encoding (the lecture notes' advice for sequence models of images): a
+learned (cond_channels, T) table fed to every block as local conditioning, so the network
+knows the row, column and channel of the step it predicts. A class label adds a learned
+(cond_channels,) vector to it (or is the global conditioning alone, without the table).
+
+Departures: no local conditioning on linguistic features; the positional encoding is learned
+rather than fixed; the plain ``sample`` loop reruns the whole network per step (the cached
+queue sampler belongs to the sampling issue).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from artrt.data import to_input
+from artrt.models.transformer import (
+    categorical_nll,
+    check_cond,
+    check_config,
+    check_data,
+    check_input,
+    draw_uniforms,
+    inverse_cdf,
+    sampling_mode,
+)
+from artrt.nn import CausalConv1d, WaveNetBlock
+
+
+@dataclass
+class WaveNetConfig:
+    """shape (C, T) sequences or (C, H, W) images; levels (256: 8-bit mu-law); num_classes
+    (0: unconditional); res/gate/skip channels R, G, S of the blocks; kernel_size K; layers
+    blocks with dilation ``2 ** (i % dilation_cycle)``; cond_channels: width of the class
+    and positional conditioning; positional: the learned positional encoding (None: on for
+    images, off for sequences)."""
+
+    shape: tuple[int, ...] = (1, 512)
+    levels: int = 256
+    num_classes: int = 0
+    res_channels: int = 32
+    gate_channels: int = 32
+    skip_channels: int = 64
+    kernel_size: int = 2
+    layers: int = 8
+    dilation_cycle: int = 8
+    cond_channels: int = 16
+    positional: bool | None = None
+
+
+class WaveNet(nn.Module):
+    """WaveNet over the channel-innermost sequence of x; see the module docstring.
+    Interface: :mod:`artrt.models`.
+
+    ``forward(x, cond=None)``: x int (B, *shape) -> logits (B, levels, *shape).
+    ``generation_steps()``: (*shape) int64, the sequence index of each position.
+    ``receptive_field``: R, the output at step t sees steps t - R .. t - 1.
+    """
+
+    def __init__(self, config: WaveNetConfig):
+        super().__init__()
+        name = "WaveNet"
+        shape = check_config(name, config.shape, config.levels, config.num_classes, (2, 3))
+        if config.layers < 1 or config.dilation_cycle < 1 or config.cond_channels < 1:
+            raise ValueError(f"{name}: layers, dilation_cycle and cond_channels must be >= 1, "
+                             f"got {config.layers}, {config.dilation_cycle}, "
+                             f"{config.cond_channels}")
+        self.config = config
+        self.shape, self.length = shape, math.prod(shape)
+        positional = len(shape) == 3 if config.positional is None else config.positional
+        self.positional = positional
+        k, cc = config.kernel_size, config.cond_channels
+        conditioned = positional or config.num_classes > 0
+        dilations = [2 ** (i % config.dilation_cycle) for i in range(config.layers)]
+        self.receptive_field = (k - 1) * (1 + sum(dilations)) + 1
+        self.start = nn.Parameter(torch.zeros(()))
+        self.input = CausalConv1d(1, config.res_channels, k)
+        self.pos = nn.Parameter(0.1 * torch.randn(cc, self.length)) if positional else None
+        self.class_emb = nn.Embedding(config.num_classes, cc) if config.num_classes else None
+        self.blocks = nn.ModuleList(
+            WaveNetBlock(config.res_channels, config.gate_channels, config.skip_channels, k, d,
+                         cond_channels=cc if conditioned else 0) for d in dilations)
+        s = config.skip_channels
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(s, s, 1), nn.ReLU(),
+                                  nn.Conv1d(s, config.levels, 1))
+
+    def generation_steps(self) -> torch.Tensor:
+        """(*shape) int64: the sequence index (generation step) of each position."""
+        c = self.shape[0]
+        return torch.arange(self.length).view(*self.shape[1:], c).movedim(-1, 0).contiguous()
+
+    def _conditioning(self, cond: torch.Tensor | None, b: int) -> torch.Tensor | None:
+        """(B, Cc, T) local (positional, plus the class), (B, Cc) global (class only), or
+        None."""
+        label = self.class_emb(cond) if self.class_emb is not None else None  # (B, Cc)
+        if self.pos is None:
+            return label
+        pos = self.pos.unsqueeze(0).expand(b, -1, -1)  # (B, Cc, T)
+        return pos if label is None else pos + label.unsqueeze(-1)
+
+    def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        name = "WaveNet"
+        check_input(name, v, self.shape)
+        b = v.shape[0]
+        check_cond(name, cond, b, self.config.num_classes)
+        seq = v.movedim(1, -1).reshape(b, 1, self.length).to(self.start.dtype)  # (B, 1, T)
+        u = torch.cat([self.start.expand(b, 1, 1), seq[:, :, :-1]], -1)  # shifted right
+        h = self.input(u)  # (B, R, T)
+        c = self._conditioning(cond, b)
+        skips = 0
+        for block in self.blocks:
+            h, skip = block(h, c)  # (B, R, T), (B, S, T)
+            skips = skips + skip
+        logits = self.head(skips)  # (B, L, T)
+        spatial = self.shape[1:]
+        return logits.view(b, -1, *spatial, self.shape[0]).movedim(-1, 2)  # (B, L, *shape)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_data("WaveNet", x, self.shape, self.config.levels)
+        return self.forward_input(to_input(x, self.config.levels).to(self.start.device), cond)
+
+    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) negative log-likelihood in nats."""
+        return categorical_nll(self(x, cond), x)
+
+    def sample(self, n: int, cond: torch.Tensor | None = None, *,
+               generator: torch.Generator | None = None, progress: bool = False,
+               uniforms: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, *shape) int64, one step per network pass in sequence order; ``uniforms``
+        (n, *shape) in [0, 1): the number used for each position."""
+        name = "WaveNet.sample"
+        device = self.start.device
+        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
+        check_cond(name, cond, n, self.config.num_classes)
+        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
+        steps = self.generation_steps().reshape(-1)
+        index = steps.argsort()  # flat position of each step
+        xf, uf = x.view(n, -1), u.reshape(n, -1)
+        with sampling_mode(self):
+            for t in tqdm(index.tolist(), disable=not progress, desc=name):
+                logits = self(x, cond).reshape(n, self.config.levels, -1)[:, :, t]  # (n, L)
+                xf[:, t] = inverse_cdf(logits, uf[:, t])
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"length={self.length}, receptive_field={self.receptive_field}, "
+                f"positional={self.positional}")
+
+
+__all__ = ["WaveNet", "WaveNetConfig"]
