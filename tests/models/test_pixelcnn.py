@@ -1,0 +1,222 @@
+"""artrt.models.PixelCNN: the raster / RGB ordering through the Jacobian (no leak; on a small
+image the 7x7 mask-A layer sees the whole past; a 3x3 stack has the blind spot), the
+probabilities of every image sum to one, nll equal to the per-step log-probabilities,
+sampling by the inverse CDF, the Bernoulli output for binary data, class conditioning, the
+kernel backend against the reference, training on real data, bad input.
+
+The helpers at the top are shared with the tests of Gated PixelCNN, MADE and ARRNN; the
+interface checks they build on come from tests/models/test_transformer.py."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import artrt
+from artrt.models.pixelcnn import PixelCNN, PixelCNNConfig, raster_steps
+from tests.helpers import DEVICE, kernel_backends
+from tests.models.test_transformer import (  # noqa: F401 (one_thread: an autouse fixture)
+    assert_autoregressive,
+    assert_bad_inputs,
+    assert_nll_is_sum_of_steps,
+    assert_sample_follows_inverse_cdf,
+    assert_sampling,
+    assert_training_lowers_loss,
+    dependencies,
+    one_thread,
+    real_batch,
+)
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def all_images(shape: tuple[int, ...], levels: int) -> torch.Tensor:
+    """Every integer tensor of ``shape`` with values < levels: (levels ** D, *shape) int64."""
+    rows = list(itertools.product(range(levels), repeat=math.prod(shape)))
+    return torch.tensor(rows, dtype=torch.int64).view(-1, *shape)
+
+
+def assert_normalised(model, cond_label: int | None = None, **nll_kw) -> None:
+    """exp(-nll) summed over every possible input is 1."""
+    cfg = model.config
+    x = all_images(tuple(cfg.shape), cfg.levels)
+    cond = None if cond_label is None else torch.full((len(x),), cond_label)
+    with torch.no_grad():
+        logp = -model.nll(x, cond, **nll_kw)
+    torch.testing.assert_close(logp.logsumexp(0), torch.zeros(()))
+
+
+def labels(model, n: int) -> torch.Tensor | None:
+    """n class labels for a conditional model (None for an unconditional one)."""
+    k = model.config.num_classes
+    return torch.tensor([3, 7, 0, 5] * n)[:n] % k if k else None
+
+
+def assert_nll_and_sampling(model) -> None:
+    """The interface checks of tests/models/test_transformer.py on 3 samples: sampling from
+    a generator or uniforms, nll the sum of the steps' log-probabilities, each sample the
+    inverse CDF of its uniform."""
+    cond = labels(model, 3)
+    x = assert_sampling(model, 3, cond)
+    assert_nll_is_sum_of_steps(model, x, cond)
+    u = torch.rand((3, *model.config.shape), generator=torch.Generator().manual_seed(3))
+    assert_sample_follows_inverse_cdf(model, x, u, cond)
+
+
+def assert_bernoulli_output(model) -> None:
+    """levels = 2: forward returns the Bernoulli logit l of each variable as (0, l), and
+    nll is the Bernoulli negative log-likelihood."""
+    shape = tuple(model.config.shape)
+    x = torch.randint(0, 2, (2, *shape), generator=torch.Generator().manual_seed(0))
+    cond = labels(model, 2)
+    logits = model(x, cond)
+    assert logits.shape == (2, 2, *shape) and torch.all(logits[:, 0] == 0)
+    want = F.binary_cross_entropy_with_logits(logits[:, 1], x.float(), reduction="none")
+    torch.testing.assert_close(model.nll(x, cond), want.flatten(1).sum(1))
+
+
+def assert_backend_matches_reference(model, backend: str) -> None:
+    """nll and every parameter gradient under ``backend`` equal the reference's."""
+    model.to(DEVICE)
+    x = torch.randint(0, model.config.levels, (2, *model.config.shape), device=DEVICE)
+    cond = None if labels(model, 2) is None else labels(model, 2).to(DEVICE)
+
+    def run():
+        model.zero_grad()
+        nll = model.nll(x, cond)
+        nll.sum().backward()
+        return [nll.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    with artrt.use_backend("reference"):
+        want = run()
+    with artrt.use_backend(backend):
+        got = run()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def assert_cuda_matches_cpu(model, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+    """On a GPU: nll with the default (kernel) backends equals the CPU reference's, and two
+    samples drawn on the GPU are the inverse CDF of their uniforms."""
+    want = model.nll(x, cond)
+    model.cuda()
+    cond = None if cond is None else cond.cuda()
+    got = model.nll(x.cuda(), cond)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-4)
+    u = torch.rand((2, *model.config.shape), device="cuda")
+    c2 = None if cond is None else cond[:2]
+    assert_sample_follows_inverse_cdf(model, model.sample(2, c2, uniforms=u), u, c2)
+
+
+# --------------------------------------------------------------------------- PixelCNN
+
+
+def small(shape=(1, 4, 4), levels=2, num_classes=0, **kw) -> PixelCNN:
+    torch.manual_seed(0)
+    c = shape[0]
+    kw = {"channels": 12 * c, "blocks": 2, "head_channels": 8 * c, **kw}
+    return PixelCNN(PixelCNNConfig(shape, levels, num_classes, **kw))
+
+
+def test_generation_steps_are_raster_then_rgb():
+    steps = small((3, 2, 2)).generation_steps()
+    assert steps.tolist() == [[[0, 3], [6, 9]], [[1, 4], [7, 10]], [[2, 5], [8, 11]]]
+    assert torch.equal(raster_steps((1, 5)), torch.arange(5).view(1, 5))
+
+
+@pytest.mark.parametrize("shape,levels,num_classes", [((1, 4, 4), 2, 0), ((3, 3, 3), 3, 0),
+                                                      ((3, 2, 2), 2, 4), ((1, 3, 4), 17, 0)])
+def test_autoregressive(shape, levels, num_classes):
+    """Sub-pixel (c, i, j) depends on every sub-pixel before it (raster, then R < G < B) and
+    on nothing else: on a 4 x 4 image the 7 x 7 mask-A layer reaches the whole past."""
+    model = small(shape, levels, num_classes)
+    with artrt.use_backend("reference"):
+        assert_autoregressive(model, torch.tensor([3]) if num_classes else None)
+
+
+def test_masked_3x3_stack_has_the_blind_spot():
+    """Nothing leaks on a larger image either; with a 3 x 3 first layer the stack misses
+    (i-1, j+2) inside its reach: the PixelCNN blind spot, which Gated PixelCNN removes."""
+    model = small((1, 7, 7), kernel_size=3)
+    with artrt.use_backend("reference"):
+        assert_autoregressive(model, complete=False)
+        deps = dependencies(model)
+    o = 3 * 7 + 3  # pixel (3, 3) sees (2, 4) but not (2, 5)
+    assert deps[o, 2 * 7 + 4] and not deps[o, 2 * 7 + 5]
+
+
+@pytest.mark.parametrize("shape,levels", [((1, 2, 2), 2), ((1, 2, 2), 3), ((3, 1, 2), 2),
+                                          ((3, 1, 1), 4)])
+def test_probabilities_sum_to_one(shape, levels):
+    assert_normalised(small(shape, levels))
+
+
+@pytest.mark.parametrize("shape,levels,num_classes", [((1, 3, 3), 2, 0), ((3, 2, 3), 5, 10)])
+def test_nll_and_sampling(shape, levels, num_classes):
+    assert_nll_and_sampling(small(shape, levels, num_classes))
+
+
+def test_output_layout():
+    """levels = 2: one Bernoulli logit per sub-pixel; else ``levels`` per colour channel."""
+    binary = small((3, 3, 4), 2, 4)
+    assert binary.out.out_channels == 3
+    assert_bernoulli_output(binary)
+    rgb = small((3, 3, 4), 256)
+    assert rgb.out.out_channels == 3 * 256
+    assert rgb(torch.zeros(1, 3, 3, 4).long()).shape == (1, 256, 3, 3, 4)
+
+
+def test_class_conditional():
+    model = small((1, 2, 2), num_classes=3)
+    for label in range(3):
+        assert_normalised(model, label)
+    x = torch.zeros(2, 1, 2, 2, dtype=torch.int64)
+    a, b = model.nll(x, torch.tensor([0, 0])), model.nll(x, torch.tensor([0, 2]))
+    torch.testing.assert_close(a[0], b[0])
+    assert (a[1] - b[1]).abs() > 1e-3, "the label changes the likelihood"
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_kernel_backend_matches_reference(backend):
+    assert_backend_matches_reference(small((3, 4, 3), 3, 2), backend)
+
+
+def test_training_lowers_loss():
+    x, y = real_batch("mnist5k-binary", 16)
+    model = PixelCNN(PixelCNNConfig((1, 28, 28), 2, 10, channels=16, blocks=1,
+                                    head_channels=16))
+    assert_training_lowers_loss(model, x, y, steps=10, lr=1e-2)
+
+
+@pytest.mark.parametrize("num_classes", [0, 4])
+def test_bad_inputs(num_classes):
+    assert_bad_inputs(small((1, 3, 3), 4, num_classes))
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="channels must be a positive multiple of 2C = 6"):
+        PixelCNN(PixelCNNConfig((3, 4, 4), channels=8))
+    with pytest.raises(ValueError, match="head_channels must be a positive multiple of C"):
+        PixelCNN(PixelCNNConfig((3, 4, 4), channels=12, head_channels=8))
+    with pytest.raises(ValueError, match="kernel_size must be an odd"):
+        PixelCNN(PixelCNNConfig(kernel_size=4))
+    with pytest.raises(ValueError, match="blocks must be >= 0"):
+        PixelCNN(PixelCNNConfig(blocks=-1))
+    with pytest.raises(ValueError, match="levels"):
+        PixelCNN(PixelCNNConfig(levels=1))
+    with pytest.raises(ValueError, match="shape"):
+        PixelCNN(PixelCNNConfig(shape=(28, 28)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("levels", [2, 256])
+def test_gpu_matches_cpu(levels):
+    torch.manual_seed(0)
+    shape = (1, 28, 28) if levels == 2 else (3, 32, 32)
+    model = PixelCNN(PixelCNNConfig(shape, levels, 10, channels=60, head_channels=60))
+    x = torch.randint(0, levels, (8, *shape))
+    assert_cuda_matches_cpu(model, x, torch.arange(8))
