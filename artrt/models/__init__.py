@@ -25,3 +25,28 @@ through the Jacobian, ``nll`` equal to the sum of the per-step log-probabilities
 sampling order, a few optimiser steps on real data lowering the loss, and clear errors for
 bad input.
 """
+
+from artrt.models.arrnn import ARRNN, ARRNNConfig
+from artrt.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
+from artrt.models.made import MADE, MADEConfig
+from artrt.models.multiscale import MultiscalePixelCNN, MultiscalePixelCNNConfig
+from artrt.models.pixelcnn import PixelCNN, PixelCNNConfig
+from artrt.models.transformer import ARTransformer, ARTransformerConfig
+from artrt.models.wavenet import WaveNet, WaveNetConfig
+
+# name -> (model class, config class), for scripts that pick a model by name.
+MODELS = {
+    "arrnn": (ARRNN, ARRNNConfig),
+    "made": (MADE, MADEConfig),
+    "pixelcnn": (PixelCNN, PixelCNNConfig),
+    "gated_pixelcnn": (GatedPixelCNN, GatedPixelCNNConfig),
+    "wavenet": (WaveNet, WaveNetConfig),
+    "transformer": (ARTransformer, ARTransformerConfig),
+    "multiscale": (MultiscalePixelCNN, MultiscalePixelCNNConfig),
+}
+
+__all__ = [
+    "ARRNN", "ARRNNConfig", "ARTransformer", "ARTransformerConfig", "GatedPixelCNN",
+    "GatedPixelCNNConfig", "MADE", "MADEConfig", "MODELS", "MultiscalePixelCNN",
+    "MultiscalePixelCNNConfig", "PixelCNN", "PixelCNNConfig", "WaveNet", "WaveNetConfig",
+]

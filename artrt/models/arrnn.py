@@ -5,7 +5,7 @@ images").
 
 Sequence and ordering: x of shape (C, H, W) is read in raster order with the channels of a
 pixel consecutive, ``seq[(i * W + j) * C + c] = x[c, i, j]`` ((C, T): ``seq[t * C + c]``),
-the order of :func:`artrt.models.pixelcnn.raster_steps`. The input at step t is the previous
+the order of :func:`artrt.models._common.raster_steps`. The input at step t is the previous
 step's value, shifted, plus the encoding of position t itself (so the LSTM knows which
 row, column and channel it predicts)::
 
@@ -36,14 +36,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from artrt.data import to_input
-from artrt.models.pixelcnn import DiscreteARModel, level_logits, logit_channels, raster_steps
-from artrt.models.transformer import (
-    check_cond,
+from artrt.models._common import (
+    DiscreteARModel,
     check_config,
-    check_input,
-    draw_uniforms,
     inverse_cdf,
-    sampling_mode,
+    level_logits,
+    logit_channels,
+    raster_steps,
 )
 
 
@@ -116,9 +115,8 @@ class ARRNN(DiscreteARModel):
         return level_logits(self.head(out).transpose(1, 2), self.config.levels)
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(self.name, v, self.shape)
+        self._check_input(v, cond)
         b = v.shape[0]
-        check_cond(self.name, cond, b, self.config.num_classes)
         seq = v.reshape(b, self.length)[:, self.order].to(self.start.dtype)  # (B, D) in order
         e = self.value_in(seq[:, :-1, None])  # (B, D-1, E): the value of step t - 1
         e = torch.cat([self.start.expand(b, 1, -1), e], 1)  # (B, D, E)
@@ -139,24 +137,17 @@ class ARRNN(DiscreteARModel):
         out, state = self.lstm(self._add_context(e, slice(t, t + 1), cond), state)
         return self._logits(out)[:, :, 0], state
 
-    def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None, progress: bool = False,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, *shape) int64, one LSTM step per position in sequence order (state carried);
-        ``uniforms`` (n, *shape) in [0, 1): the number used for each position."""
-        name = f"{self.name}.sample"
-        device = self.start.device
-        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
-        check_cond(name, cond, n, self.config.num_classes)
-        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
+    def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
+              progress: bool, desc: str) -> None:
+        """``sample``'s loop: one LSTM step per position in sequence order, the state carried;
+        x (n, *shape) filled in place from the uniforms u (n, *shape)."""
+        n = x.shape[0]
         xf, uf = x.view(n, -1), u.reshape(n, -1)
-        state, prev = None, torch.zeros(n, device=device)
-        with sampling_mode(self):
-            for t, pos in enumerate(tqdm(self.order.tolist(), disable=not progress, desc=name)):
-                logits, state = self.step(prev, t, state, cond)
-                xf[:, pos] = inverse_cdf(logits, uf[:, pos])
-                prev = to_input(xf[:, pos], self.config.levels)
-        return x
+        state, prev = None, torch.zeros(n, device=x.device)
+        for t, pos in enumerate(tqdm(self.order.tolist(), disable=not progress, desc=desc)):
+            logits, state = self.step(prev, t, state, cond)
+            xf[:, pos] = inverse_cdf(logits, uf[:, pos])
+            prev = to_input(xf[:, pos], self.config.levels)
 
     def extra_repr(self) -> str:
         return f"length={self.length}, positional={self.config.positional}"

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artrt.models.pixelcnn import DiscreteARModel, grouped_logits, logit_channels
-from artrt.models.transformer import check_cond, check_config, check_input
+from artrt.models._common import DiscreteARModel, check_config, grouped_logits, logit_channels
 from artrt.nn.gated_pixelcnn import GatedPixelCNNLayer
 from artrt.nn.masked_conv import MaskedConv2d
 
@@ -88,8 +87,7 @@ class GatedPixelCNN(DiscreteARModel):
                                 "B", c)
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(self.name, v, self.shape)
-        check_cond(self.name, cond, v.shape[0], self.config.num_classes)
+        self._check_input(v, cond)
         v = v.to(self.head.weight.dtype)
         label = (None if cond is None
                  else F.one_hot(cond, self.config.num_classes).to(v.dtype))  # (B, classes)

@@ -45,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artrt.models.pixelcnn import DiscreteARModel, level_logits, logit_channels
-from artrt.models.transformer import check_cond, check_config, check_input
+from artrt.models._common import DiscreteARModel, check_config, level_logits, logit_channels
 
 ORDERINGS = ("raster", "random")
 
@@ -160,9 +159,8 @@ class MADE(DiscreteARModel):
         return self.steps.view(self.shape).clone()
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(self.name, v, self.shape)
+        self._check_input(v, cond)
         b = v.shape[0]
-        check_cond(self.name, cond, b, self.config.num_classes)
         biases = [None] * (len(self.layers) + 1) if self.class_bias is None else [
             emb(cond) for emb in self.class_bias]
         h = v.reshape(b, self.dims).to(self.out.weight.dtype)  # (B, D)

@@ -42,16 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from artrt.data import to_input
-from artrt.models.transformer import (
-    categorical_nll,
-    check_cond,
-    check_config,
-    check_data,
-    check_input,
-    draw_uniforms,
-    inverse_cdf,
-    sampling_mode,
-)
+from artrt.models._common import DiscreteARModel, check_config, inverse_cdf
 from artrt.nn import MaskedConv2d
 from artrt.ops.gated import gated_tanh
 
@@ -131,18 +122,21 @@ class _GroupNet(nn.Module):
         return self.out(F.relu(h))  # (N, L, h, w)
 
 
-class MultiscalePixelCNN(nn.Module):
+class MultiscalePixelCNN(DiscreteARModel):
     """Base PixelCNN plus one group network per finer scale; see the module docstring.
     Interface: :mod:`artrt.models`.
 
     ``forward(x, cond=None)``: x int (B, C, H, W) -> logits (B, levels, C, H, W).
     ``generation_steps()``: (C, H, W) int64, the network pass in which each sub-pixel is
     drawn (sub-pixels of one step are drawn together); ``passes``: how many there are.
+    ``nll`` is exact (see the module docstring); ``sample`` takes ``passes`` network passes.
     """
+
+    name = "MultiscalePixelCNN"
 
     def __init__(self, config: MultiscalePixelCNNConfig):
         super().__init__()
-        name = "MultiscalePixelCNN"
+        name = self.name
         shape = check_config(name, config.shape, config.levels, config.num_classes)
         c, h, w = shape
         s = config.scales
@@ -214,10 +208,8 @@ class MultiscalePixelCNN(nn.Module):
         return out.view(len(steps), b, *out.shape[1:])
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        name = "MultiscalePixelCNN"
-        check_input(name, v, self.shape)
+        self._check_input(v, cond)
         b = v.shape[0]
-        check_cond(name, cond, b, self.config.num_classes)
         v = v.to(self.known.device, self.base.inp.weight.dtype)
         c, h, w = self.shape
         logits = v.new_zeros(b, self.config.levels, c, h, w)
@@ -230,32 +222,17 @@ class MultiscalePixelCNN(nn.Module):
                 logits[:, :, ch, rows, cols] = out[q]
         return logits  # (B, L, C, H, W)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_data("MultiscalePixelCNN", x, self.shape, self.config.levels)
-        return self.forward_input(to_input(x, self.config.levels), cond)
-
-    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) negative log-likelihood in nats (exact: see the module docstring)."""
-        return categorical_nll(self(x, cond), x)
-
-    def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None, progress: bool = False,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, C, H, W) int64 in ``passes`` network passes: the base one sub-pixel per pass,
-        then each (group, channel) of each scale in one pass. ``uniforms`` (n, C, H, W) in
-        [0, 1): the number used for each sub-pixel."""
-        name = "MultiscalePixelCNN.sample"
-        device = self.known.device
-        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
-        check_cond(name, cond, n, self.config.num_classes)
+    def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
+              progress: bool, desc: str) -> None:
+        """``sample``'s loop, ``passes`` network passes: the base one sub-pixel per pass, then
+        each (group, channel) of each scale in one pass; x (n, C, H, W) filled in place from
+        the uniforms u (n, C, H, W)."""
         c = self.shape[0]
         levels = self.config.levels
         h0, w0 = self.base_size
         st0 = self._stride(0)
-        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
         base_x, base_u = x[:, :, ::st0, ::st0], u[:, :, ::st0, ::st0]  # views
-        with sampling_mode(self), tqdm(total=self.passes, disable=not progress,
-                                       desc=name) as bar:
+        with tqdm(total=self.passes, disable=not progress, desc=desc) as bar:
             for i in range(h0):
                 for j in range(w0):
                     for ch in range(c):
@@ -269,7 +246,6 @@ class MultiscalePixelCNN(nn.Module):
                     x[:, ch, rows, cols] = inverse_cdf(logits.movedim(1, -1),
                                                        u[:, ch, rows, cols])
                     bar.update()
-        return x
 
     def extra_repr(self) -> str:
         return f"base_size={self.base_size}, scales={self.config.scales}, passes={self.passes}"

@@ -25,119 +25,18 @@ makes it class-conditional: a learned per-class bias on every masked convolution
 Departures: the 1x1 convolutions are mask-B :class:`artrt.nn.MaskedConv2d` (plain 1x1 for
 one channel, colour-grouped for RGB) instead of separate per-colour layers; colour groups are
 contiguous channel blocks (the output of channel c, level l is channel ``c * K + l``).
-
-This file also holds pieces shared with ``artrt.models.gated_pixelcnn``, ``made`` and
-``arrnn``: the Bernoulli output in the categorical layout, the raster / RGB generation steps
-and :class:`DiscreteARModel` (``forward``, ``nll`` and the plain sampling loop of the
-interface).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from artrt.data import to_input
-from artrt.models.transformer import (
-    categorical_nll,
-    check_cond,
-    check_config,
-    check_data,
-    check_input,
-    draw_uniforms,
-    inverse_cdf,
-    sampling_mode,
-)
+from artrt.models._common import DiscreteARModel, check_config, grouped_logits, logit_channels
 from artrt.nn.masked_conv import MaskedConv2d
-
-# --------------------------------------------------------------------------- shared pieces
-
-
-def logit_channels(levels: int) -> int:
-    """Outputs per variable: 1 (a Bernoulli logit) for binary data, else ``levels``."""
-    return 1 if levels == 2 else levels
-
-
-def level_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
-    """(B, K, *rest) network outputs, K = :func:`logit_channels` -> (B, levels, *rest) logits.
-
-    A Bernoulli logit l (K = 1, binary data) becomes the two-level logits (0, l), whose
-    softmax is (1 - sigmoid(l), sigmoid(l)): the same distribution, in the categorical
-    layout that ``categorical_nll`` and ``inverse_cdf`` take.
-    """
-    if levels != 2:
-        return out
-    return torch.cat([torch.zeros_like(out), out], 1)
-
-
-def grouped_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
-    """Colour-grouped convolution outputs (B, C * K, H, W), channel ``c * K + k`` (K =
-    :func:`logit_channels`) -> logits (B, levels, C, H, W)."""
-    b, _, height, width = out.shape
-    out = out.view(b, -1, logit_channels(levels), height, width).transpose(1, 2)
-    return level_logits(out, levels)  # (B, levels, C, H, W)
-
-
-def raster_steps(shape: tuple[int, ...]) -> torch.Tensor:
-    """(*shape) int64 generation step of every position of a (C, *spatial) tensor: spatial
-    raster order with the channels innermost, step ``(i * W + j) * C + c`` for an image::
-
-        C = 3, 2 x 2 image:   R        G        B
-                              0  3     1  4     2  5
-                              6  9     7 10     8 11
-    """
-    return torch.arange(math.prod(shape)).view(*shape[1:], shape[0]).movedim(-1, 0).contiguous()
-
-
-class DiscreteARModel(nn.Module):
-    """The :mod:`artrt.models` interface over a subclass's ``forward_input(v, cond)`` and
-    ``generation_steps()`` (raster unless overridden): ``forward`` checks the integer levels
-    and maps them to the [-1, 1] input, ``nll`` is the categorical nll of the logits,
-    ``sample`` the plain loop. A subclass sets ``name`` and keeps ``self.config`` (shape,
-    levels, num_classes) and ``self.shape``."""
-
-    name = "DiscreteARModel"
-
-    def generation_steps(self) -> torch.Tensor:
-        """(*shape) int64: the step at which each position is drawn; by default
-        :func:`raster_steps` (raster order, the channels of a pixel consecutive)."""
-        return raster_steps(self.shape)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_data(self.name, x, self.shape, self.config.levels)
-        device = next(self.parameters()).device
-        return self.forward_input(to_input(x, self.config.levels).to(device), cond)
-
-    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) negative log-likelihood in nats."""
-        return categorical_nll(self(x, cond), x)
-
-    def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None, progress: bool = False,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, *shape) int64: one full network pass per position, positions in
-        ``generation_steps()`` order, each drawn by the inverse CDF of its logits at its
-        uniform; ``uniforms`` (n, *shape) in [0, 1), else drawn from ``generator``."""
-        name = f"{self.name}.sample"
-        levels, device = self.config.levels, next(self.parameters()).device
-        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
-        check_cond(name, cond, n, self.config.num_classes)
-        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
-        xf, uf = x.view(n, -1), u.reshape(n, -1)
-        with sampling_mode(self):
-            order = self.generation_steps().reshape(-1).argsort()
-            for t in tqdm(order.tolist(), disable=not progress, desc=name):
-                logits = self(x, cond).reshape(n, levels, -1)[:, :, t]  # (n, L)
-                xf[:, t] = inverse_cdf(logits, uf[:, t])
-        return x
-
-
-# --------------------------------------------------------------------------- the model
 
 
 @dataclass
@@ -215,8 +114,7 @@ class PixelCNN(DiscreteARModel):
                                 "B", c)
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_input(self.name, v, self.shape)
-        check_cond(self.name, cond, v.shape[0], self.config.num_classes)
+        self._check_input(v, cond)
         v = v.to(self.first.weight.dtype)
         bias = None if self.first_cond is None else self.first_cond(cond)  # (B, 2h)
         h = self.first(v, bias)  # (B, 2h, H, W)

@@ -38,19 +38,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from artrt.data import to_input
-from artrt.models.transformer import (
-    categorical_nll,
-    check_cond,
-    check_config,
-    check_data,
-    check_input,
-    draw_uniforms,
-    inverse_cdf,
-    sampling_mode,
-)
+from artrt.models._common import DiscreteARModel, check_config
 from artrt.nn import CausalConv1d, WaveNetBlock
 
 
@@ -75,18 +64,21 @@ class WaveNetConfig:
     positional: bool | None = None
 
 
-class WaveNet(nn.Module):
+class WaveNet(DiscreteARModel):
     """WaveNet over the channel-innermost sequence of x; see the module docstring.
     Interface: :mod:`artrt.models`.
 
     ``forward(x, cond=None)``: x int (B, *shape) -> logits (B, levels, *shape).
     ``generation_steps()``: (*shape) int64, the sequence index of each position.
     ``receptive_field``: R, the output at step t sees steps t - R .. t - 1.
+    ``sample``: one step per network pass in sequence order.
     """
+
+    name = "WaveNet"
 
     def __init__(self, config: WaveNetConfig):
         super().__init__()
-        name = "WaveNet"
+        name = self.name
         shape = check_config(name, config.shape, config.levels, config.num_classes, (2, 3))
         if config.layers < 1 or config.dilation_cycle < 1 or config.cond_channels < 1:
             raise ValueError(f"{name}: layers, dilation_cycle and cond_channels must be >= 1, "
@@ -111,11 +103,6 @@ class WaveNet(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv1d(s, s, 1), nn.ReLU(),
                                   nn.Conv1d(s, config.levels, 1))
 
-    def generation_steps(self) -> torch.Tensor:
-        """(*shape) int64: the sequence index (generation step) of each position."""
-        c = self.shape[0]
-        return torch.arange(self.length).view(*self.shape[1:], c).movedim(-1, 0).contiguous()
-
     def _conditioning(self, cond: torch.Tensor | None, b: int) -> torch.Tensor | None:
         """(B, Cc, T) local (positional, plus the class), (B, Cc) global (class only), or
         None."""
@@ -126,10 +113,8 @@ class WaveNet(nn.Module):
         return pos if label is None else pos + label.unsqueeze(-1)
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        name = "WaveNet"
-        check_input(name, v, self.shape)
+        self._check_input(v, cond)
         b = v.shape[0]
-        check_cond(name, cond, b, self.config.num_classes)
         seq = v.movedim(1, -1).reshape(b, 1, self.length).to(self.start.dtype)  # (B, 1, T)
         u = torch.cat([self.start.expand(b, 1, 1), seq[:, :, :-1]], -1)  # shifted right
         h = self.input(u)  # (B, R, T)
@@ -141,33 +126,6 @@ class WaveNet(nn.Module):
         logits = self.head(skips)  # (B, L, T)
         spatial = self.shape[1:]
         return logits.view(b, -1, *spatial, self.shape[0]).movedim(-1, 2)  # (B, L, *shape)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        check_data("WaveNet", x, self.shape, self.config.levels)
-        return self.forward_input(to_input(x, self.config.levels).to(self.start.device), cond)
-
-    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) negative log-likelihood in nats."""
-        return categorical_nll(self(x, cond), x)
-
-    def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None, progress: bool = False,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, *shape) int64, one step per network pass in sequence order; ``uniforms``
-        (n, *shape) in [0, 1): the number used for each position."""
-        name = "WaveNet.sample"
-        device = self.start.device
-        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
-        check_cond(name, cond, n, self.config.num_classes)
-        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
-        steps = self.generation_steps().reshape(-1)
-        index = steps.argsort()  # flat position of each step
-        xf, uf = x.view(n, -1), u.reshape(n, -1)
-        with sampling_mode(self):
-            for t in tqdm(index.tolist(), disable=not progress, desc=name):
-                logits = self(x, cond).reshape(n, self.config.levels, -1)[:, :, t]  # (n, L)
-                xf[:, t] = inverse_cdf(logits, uf[:, t])
-        return x
 
     def extra_repr(self) -> str:
         return (f"length={self.length}, receptive_field={self.receptive_field}, "

@@ -10,17 +10,14 @@ import torch
 
 from artrt.data import to_input
 from artrt.models.arrnn import ARRNN, ARRNNConfig
-from tests.models.test_pixelcnn import (
+from tests.models.common import (
+    assert_autoregressive,
+    assert_bad_inputs,
     assert_bernoulli_output,
     assert_cuda_matches_cpu,
     assert_nll_and_sampling,
     assert_normalised,
-)
-from tests.models.test_transformer import (  # noqa: F401 (one_thread: an autouse fixture)
-    assert_autoregressive,
-    assert_bad_inputs,
     assert_training_lowers_loss,
-    one_thread,
     real_batch,
 )
 

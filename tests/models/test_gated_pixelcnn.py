@@ -11,18 +11,15 @@ import torch
 import artrt
 from artrt.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from tests.helpers import kernel_backends
-from tests.models.test_pixelcnn import (
+from tests.models.common import (
+    assert_autoregressive,
     assert_backend_matches_reference,
+    assert_bad_inputs,
     assert_bernoulli_output,
     assert_cuda_matches_cpu,
     assert_nll_and_sampling,
     assert_normalised,
-)
-from tests.models.test_transformer import (  # noqa: F401 (one_thread: an autouse fixture)
-    assert_autoregressive,
-    assert_bad_inputs,
     assert_training_lowers_loss,
-    one_thread,
     real_batch,
 )
 

@@ -12,17 +12,14 @@ import pytest
 import torch
 
 from artrt.models.made import MADE, MADEConfig
-from tests.models.test_pixelcnn import (
+from tests.models.common import (
+    assert_autoregressive,
+    assert_bad_inputs,
     assert_bernoulli_output,
     assert_cuda_matches_cpu,
     assert_nll_and_sampling,
     assert_normalised,
-)
-from tests.models.test_transformer import (  # noqa: F401 (one_thread: an autouse fixture)
-    assert_autoregressive,
-    assert_bad_inputs,
     assert_training_lowers_loss,
-    one_thread,
     real_batch,
 )
 

@@ -2,117 +2,29 @@
 image the 7x7 mask-A layer sees the whole past; a 3x3 stack has the blind spot), the
 probabilities of every image sum to one, nll equal to the per-step log-probabilities,
 sampling by the inverse CDF, the Bernoulli output for binary data, class conditioning, the
-kernel backend against the reference, training on real data, bad input.
-
-The helpers at the top are shared with the tests of Gated PixelCNN, MADE and ARRNN; the
-interface checks they build on come from tests/models/test_transformer.py."""
+kernel backend against the reference, training on real data, bad input."""
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import artrt
-from artrt.models.pixelcnn import PixelCNN, PixelCNNConfig, raster_steps
-from tests.helpers import DEVICE, kernel_backends
-from tests.models.test_transformer import (  # noqa: F401 (one_thread: an autouse fixture)
+from artrt.models._common import raster_steps
+from artrt.models.pixelcnn import PixelCNN, PixelCNNConfig
+from tests.helpers import kernel_backends
+from tests.models.common import (
     assert_autoregressive,
+    assert_backend_matches_reference,
     assert_bad_inputs,
-    assert_nll_is_sum_of_steps,
-    assert_sample_follows_inverse_cdf,
-    assert_sampling,
+    assert_bernoulli_output,
+    assert_cuda_matches_cpu,
+    assert_nll_and_sampling,
+    assert_normalised,
     assert_training_lowers_loss,
     dependencies,
-    one_thread,
     real_batch,
 )
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def all_images(shape: tuple[int, ...], levels: int) -> torch.Tensor:
-    """Every integer tensor of ``shape`` with values < levels: (levels ** D, *shape) int64."""
-    rows = list(itertools.product(range(levels), repeat=math.prod(shape)))
-    return torch.tensor(rows, dtype=torch.int64).view(-1, *shape)
-
-
-def assert_normalised(model, cond_label: int | None = None, **nll_kw) -> None:
-    """exp(-nll) summed over every possible input is 1."""
-    cfg = model.config
-    x = all_images(tuple(cfg.shape), cfg.levels)
-    cond = None if cond_label is None else torch.full((len(x),), cond_label)
-    with torch.no_grad():
-        logp = -model.nll(x, cond, **nll_kw)
-    torch.testing.assert_close(logp.logsumexp(0), torch.zeros(()))
-
-
-def labels(model, n: int) -> torch.Tensor | None:
-    """n class labels for a conditional model (None for an unconditional one)."""
-    k = model.config.num_classes
-    return torch.tensor([3, 7, 0, 5] * n)[:n] % k if k else None
-
-
-def assert_nll_and_sampling(model) -> None:
-    """The interface checks of tests/models/test_transformer.py on 3 samples: sampling from
-    a generator or uniforms, nll the sum of the steps' log-probabilities, each sample the
-    inverse CDF of its uniform."""
-    cond = labels(model, 3)
-    x = assert_sampling(model, 3, cond)
-    assert_nll_is_sum_of_steps(model, x, cond)
-    u = torch.rand((3, *model.config.shape), generator=torch.Generator().manual_seed(3))
-    assert_sample_follows_inverse_cdf(model, x, u, cond)
-
-
-def assert_bernoulli_output(model) -> None:
-    """levels = 2: forward returns the Bernoulli logit l of each variable as (0, l), and
-    nll is the Bernoulli negative log-likelihood."""
-    shape = tuple(model.config.shape)
-    x = torch.randint(0, 2, (2, *shape), generator=torch.Generator().manual_seed(0))
-    cond = labels(model, 2)
-    logits = model(x, cond)
-    assert logits.shape == (2, 2, *shape) and torch.all(logits[:, 0] == 0)
-    want = F.binary_cross_entropy_with_logits(logits[:, 1], x.float(), reduction="none")
-    torch.testing.assert_close(model.nll(x, cond), want.flatten(1).sum(1))
-
-
-def assert_backend_matches_reference(model, backend: str) -> None:
-    """nll and every parameter gradient under ``backend`` equal the reference's."""
-    model.to(DEVICE)
-    x = torch.randint(0, model.config.levels, (2, *model.config.shape), device=DEVICE)
-    cond = None if labels(model, 2) is None else labels(model, 2).to(DEVICE)
-
-    def run():
-        model.zero_grad()
-        nll = model.nll(x, cond)
-        nll.sum().backward()
-        return [nll.detach()] + [p.grad.clone() for p in model.parameters()]
-
-    with artrt.use_backend("reference"):
-        want = run()
-    with artrt.use_backend(backend):
-        got = run()
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
-
-
-def assert_cuda_matches_cpu(model, x: torch.Tensor, cond: torch.Tensor | None) -> None:
-    """On a GPU: nll with the default (kernel) backends equals the CPU reference's, and two
-    samples drawn on the GPU are the inverse CDF of their uniforms."""
-    want = model.nll(x, cond)
-    model.cuda()
-    cond = None if cond is None else cond.cuda()
-    got = model.nll(x.cuda(), cond)
-    torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-4)
-    u = torch.rand((2, *model.config.shape), device="cuda")
-    c2 = None if cond is None else cond[:2]
-    assert_sample_follows_inverse_cdf(model, model.sample(2, c2, uniforms=u), u, c2)
-
-
-# --------------------------------------------------------------------------- PixelCNN
 
 
 def small(shape=(1, 4, 4), levels=2, num_classes=0, **kw) -> PixelCNN:

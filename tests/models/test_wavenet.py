@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from artrt.models.wavenet import WaveNet, WaveNetConfig
-from tests.models.test_transformer import (
+from tests.models.common import (
     assert_autoregressive,
     assert_bad_inputs,
-    assert_nll_is_sum_of_steps,
-    assert_sample_follows_inverse_cdf,
-    assert_sampling,
+    assert_nll_and_sampling,
     assert_training_lowers_loss,
     dependencies,
-    one_thread,  # noqa: F401 (autouse fixture)
     real_batch,
 )
 
@@ -60,10 +57,7 @@ def test_nll_and_sampling(shape, levels, num_classes):
     torch.manual_seed(0)
     model = WaveNet(WaveNetConfig(shape, levels, num_classes, layers=4, **SMALL))
     cond = torch.tensor([3, 0, 1]) if num_classes else None
-    x = assert_sampling(model, 3, cond)
-    assert_nll_is_sum_of_steps(model, x, cond)
-    u = torch.rand((3, *shape), generator=torch.Generator().manual_seed(3))
-    assert_sample_follows_inverse_cdf(model, x, u, cond)
+    assert_nll_and_sampling(model, cond)
 
 
 def test_training_lowers_loss_audio():

@@ -1,0 +1,236 @@
+"""What the models of :mod:`artrt.models` share: the checks of the config, the data, the float
+input, the class labels and the sampling arguments; the categorical nll and the inverse-CDF
+sampler; the Bernoulli output in the categorical layout; the raster generation steps; and
+:class:`DiscreteARModel`, the interface (``forward``, ``nll``, ``sample``) over a model's own
+``forward_input`` and ``generation_steps``.
+
+Every model file imports from here and keeps only its own model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from artrt.data import to_input
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_config(name: str, shape: tuple[int, ...], levels: int, num_classes: int,
+                 ndims: tuple[int, ...] = (3,)) -> tuple[int, ...]:
+    """Validate the common config fields; returns ``shape`` as a tuple of ints."""
+    shape = tuple(shape)
+    if len(shape) not in ndims or not all(isinstance(s, int) and s >= 1 for s in shape):
+        want = " or ".join({2: "(C, T)", 3: "(C, H, W)"}[n] for n in ndims)
+        raise ValueError(f"{name}: shape must be {want} of positive ints, got {shape}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"{name}: levels must be an int >= 2, got {levels!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"{name}: num_classes must be an int >= 0, got {num_classes!r}")
+    return shape
+
+
+def _check_shape(name: str, what: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """t: (B, *shape); ValueError naming ``what`` otherwise."""
+    if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != shape:
+        raise ValueError(f"{name}: {what} must have shape (B, {', '.join(map(str, shape))}), "
+                         f"got {tuple(t.shape)}")
+
+
+def check_data(name: str, x: torch.Tensor, shape: tuple[int, ...], levels: int) -> None:
+    """x: integer levels (B, *shape) in [0, levels); TypeError / ValueError otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: x must be a torch.Tensor of integer levels, got "
+                        f"{type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name}: x must hold integer levels (int64 or uint8), got {x.dtype}; "
+                        f"floats in [-1, 1] go to forward_input")
+    _check_shape(name, "x", x, shape)
+    if x.numel():
+        lo, hi = int(x.min()), int(x.max())  # Python ints: uint8 would wrap levels = 256
+        if lo < 0 or hi >= levels:
+            raise ValueError(f"{name}: x must hold levels in [0, {levels}), got values in "
+                             f"[{lo}, {hi}]")
+
+
+def check_input(name: str, v: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """v: float model input (B, *shape)."""
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+        raise TypeError(f"{name}: forward_input takes the float input to_input(x, levels), got "
+                        f"{getattr(v, 'dtype', type(v).__name__)}")
+    _check_shape(name, "input", v, shape)
+
+
+def check_cond(name: str, cond: torch.Tensor | None, batch: int, num_classes: int) -> None:
+    """cond: None when num_classes == 0, else int64 labels (B,) in [0, num_classes)."""
+    if num_classes == 0:
+        if cond is not None:
+            raise ValueError(f"{name}: got cond, but the model is unconditional "
+                             f"(num_classes=0)")
+        return
+    if cond is None:
+        raise ValueError(f"{name}: the model is class-conditional (num_classes={num_classes}): "
+                         f"cond, int64 labels of shape ({batch},), is required")
+    if not isinstance(cond, torch.Tensor) or cond.dtype != torch.int64:
+        raise TypeError(f"{name}: cond must be an int64 tensor of labels, got "
+                        f"{getattr(cond, 'dtype', type(cond).__name__)}")
+    if tuple(cond.shape) != (batch,):
+        raise ValueError(f"{name}: cond must have shape ({batch},), got {tuple(cond.shape)}")
+    if cond.numel() and (cond.min() < 0 or cond.max() >= num_classes):
+        raise ValueError(f"{name}: labels must be in [0, {num_classes}), got values in "
+                         f"[{cond.min().item()}, {cond.max().item()}]")
+
+
+# --------------------------------------------------------------------------- likelihood, sampling
+
+
+def categorical_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """logits (B, L, *shape), x int (B, *shape) -> (B,) nats, summed over all dimensions."""
+    nll = F.cross_entropy(logits.float(), x.long(), reduction="none")  # (B, *shape)
+    return nll.flatten(1).sum(1)
+
+
+def inverse_cdf(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Draw from softmax(logits) by the inverse CDF: logits (..., L), u (...) in [0, 1) ->
+    int64 (...): the smallest level whose cumulative probability exceeds u."""
+    cdf = logits.float().softmax(-1).cumsum(-1).contiguous()  # (..., L)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype).unsqueeze(-1).contiguous(), right=True)
+    return idx.squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def draw_uniforms(name: str, n: int, shape: tuple[int, ...], generator: torch.Generator | None,
+                  uniforms: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The U(0, 1) number of every position, (n, *shape) float32 on ``device``: ``uniforms``
+    as given (checked), else drawn from ``generator`` (on the generator's device)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name}: n must be an int >= 1, got {n!r}")
+    if uniforms is None:
+        gen_device = generator.device if generator is not None else device
+        return torch.rand((n, *shape), generator=generator, device=gen_device).to(device)
+    if not isinstance(uniforms, torch.Tensor) or not uniforms.is_floating_point():
+        raise TypeError(f"{name}: uniforms must be a float tensor, got "
+                        f"{getattr(uniforms, 'dtype', type(uniforms).__name__)}")
+    if tuple(uniforms.shape) != (n, *shape):
+        raise ValueError(f"{name}: uniforms must have shape {(n, *shape)}, got "
+                         f"{tuple(uniforms.shape)}")
+    if uniforms.numel() and (uniforms.min() < 0 or uniforms.max() >= 1):
+        raise ValueError(f"{name}: uniforms must lie in [0, 1)")
+    return uniforms.to(device=device, dtype=torch.float32)
+
+
+@contextmanager
+def sampling_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for a sampling loop; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- output layout, order
+
+
+def logit_channels(levels: int) -> int:
+    """Outputs per variable: 1 (a Bernoulli logit) for binary data, else ``levels``."""
+    return 1 if levels == 2 else levels
+
+
+def level_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
+    """(B, K, *rest) network outputs, K = :func:`logit_channels` -> (B, levels, *rest) logits.
+
+    A Bernoulli logit l (K = 1, binary data) becomes the two-level logits (0, l), whose
+    softmax is (1 - sigmoid(l), sigmoid(l)): the same distribution, in the categorical
+    layout that ``categorical_nll`` and ``inverse_cdf`` take.
+    """
+    if levels != 2:
+        return out
+    return torch.cat([torch.zeros_like(out), out], 1)
+
+
+def grouped_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
+    """Colour-grouped convolution outputs (B, C * K, H, W), channel ``c * K + k`` (K =
+    :func:`logit_channels`) -> logits (B, levels, C, H, W)."""
+    b, _, height, width = out.shape
+    out = out.view(b, -1, logit_channels(levels), height, width).transpose(1, 2)
+    return level_logits(out, levels)  # (B, levels, C, H, W)
+
+
+def raster_steps(shape: tuple[int, ...]) -> torch.Tensor:
+    """(*shape) int64 generation step of every position of a (C, *spatial) tensor: spatial
+    raster order with the channels innermost, step ``(i * W + j) * C + c`` for an image
+    (``t * C + c`` for a (C, T) sequence)::
+
+        C = 3, 2 x 2 image:   R        G        B
+                              0  3     1  4     2  5
+                              6  9     7 10     8 11
+    """
+    return torch.arange(math.prod(shape)).view(*shape[1:], shape[0]).movedim(-1, 0).contiguous()
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class DiscreteARModel(nn.Module):
+    """The :mod:`artrt.models` interface over a subclass's ``forward_input(v, cond)`` and
+    ``generation_steps()`` (raster unless overridden): ``forward`` checks the integer levels
+    and maps them to the [-1, 1] input, ``nll`` is the categorical nll of the logits,
+    ``sample`` checks its arguments, draws the uniforms and runs ``_draw`` (by default the
+    plain loop: one full network pass per position) in sampling mode. A subclass sets
+    ``name`` and keeps ``self.config`` (shape, levels, num_classes) and ``self.shape``."""
+
+    name = "DiscreteARModel"
+
+    def generation_steps(self) -> torch.Tensor:
+        """(*shape) int64: the step at which each position is drawn; by default
+        :func:`raster_steps` (raster order, the channels of a pixel consecutive)."""
+        return raster_steps(self.shape)
+
+    def _check_input(self, v: torch.Tensor, cond: torch.Tensor | None) -> None:
+        """The checks at the top of ``forward_input``: v float (B, *shape), cond labels."""
+        check_input(self.name, v, self.shape)
+        check_cond(self.name, cond, v.shape[0], self.config.num_classes)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_data(self.name, x, self.shape, self.config.levels)
+        device = next(self.parameters()).device
+        return self.forward_input(to_input(x, self.config.levels).to(device), cond)
+
+    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) negative log-likelihood in nats."""
+        return categorical_nll(self(x, cond), x)
+
+    def sample(self, n: int, cond: torch.Tensor | None = None, *,
+               generator: torch.Generator | None = None, progress: bool = False,
+               uniforms: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, *shape) int64: positions in ``generation_steps()`` order, each drawn by the
+        inverse CDF of its logits at its uniform; ``uniforms`` (n, *shape) in [0, 1), else
+        drawn from ``generator``."""
+        name = f"{self.name}.sample"
+        device = next(self.parameters()).device
+        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
+        check_cond(name, cond, n, self.config.num_classes)
+        x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
+        with sampling_mode(self):
+            self._draw(x, u, cond, progress, name)
+        return x
+
+    def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
+              progress: bool, desc: str) -> None:
+        """Fill x (n, *shape) int64 in place from the uniforms u (n, *shape) float32: one full
+        network pass per position, in ``generation_steps()`` order (a tqdm bar ``desc``)."""
+        n, levels = x.shape[0], self.config.levels
+        xf, uf = x.view(n, -1), u.reshape(n, -1)
+        order = self.generation_steps().reshape(-1).argsort()
+        for t in tqdm(order.tolist(), disable=not progress, desc=desc):
+            logits = self(x, cond).reshape(n, levels, -1)[:, :, t]  # (n, L)
+            xf[:, t] = inverse_cdf(logits, uf[:, t])
