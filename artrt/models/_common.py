@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from artrt.data import to_input
+from artrt.sampling.cache import ARCache
 
 # --------------------------------------------------------------------------- checks
 
@@ -209,20 +210,52 @@ class DiscreteARModel(nn.Module):
         """(B,) negative log-likelihood in nats."""
         return categorical_nll(self(x, cond), x)
 
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> ARCache:
+        """A fresh incremental sampling cache (:class:`artrt.sampling.ARCache`) of this model
+        for ``batch_size`` samples, on the model's device."""
+        raise NotImplementedError(f"{self.name} has no incremental sampling cache")
+
     def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               generator: torch.Generator | None = None, progress: bool = False,
-               uniforms: torch.Tensor | None = None) -> torch.Tensor:
+               cache: bool | ARCache = True, generator: torch.Generator | None = None,
+               progress: bool = False, uniforms: torch.Tensor | None = None) -> torch.Tensor:
         """(n, *shape) int64: positions in ``generation_steps()`` order, each drawn by the
         inverse CDF of its logits at its uniform; ``uniforms`` (n, *shape) in [0, 1), else
-        drawn from ``generator``."""
+        drawn from ``generator``. ``cache``: True runs the incremental sampler
+        (:meth:`new_cache`), False the plain loop (one full network pass per step), a cache
+        object from :meth:`new_cache` reuses it (reset first); both give the same samples for
+        the same uniforms."""
         name = f"{self.name}.sample"
         device = next(self.parameters()).device
+        if isinstance(cache, ARCache):
+            cache.check_for(self, n)
+        elif not isinstance(cache, bool):
+            raise TypeError(f"{name}: cache must be True, False or a cache from new_cache(), "
+                            f"got {type(cache).__name__}")
         u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
         check_cond(name, cond, n, self.config.num_classes)
         x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
         with sampling_mode(self):
-            self._draw(x, u, cond, progress, name)
+            if cache is False:
+                self._draw(x, u, cond, progress, name)
+            else:
+                if cache is True:
+                    cache = self.new_cache(n, cond)
+                else:
+                    cache.reset(cond)
+                self._draw_cached(cache, x, u, progress, name)
         return x
+
+    def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
+                     desc: str) -> None:
+        """Fill x (n, *shape) int64 in place from the uniforms u (n, *shape) float32 through
+        ``cache`` (freshly reset): one cache step per generation step (a tqdm bar ``desc``)."""
+        n = x.shape[0]
+        xf, uf = x.view(n, -1), u.reshape(n, -1)
+        for _ in tqdm(range(cache.num_steps), disable=not progress, desc=desc):
+            pos = cache.positions()  # (G,)
+            values = inverse_cdf(cache.logits().transpose(1, 2), uf[:, pos])  # (n, G)
+            xf[:, pos] = values
+            cache.push(values)
 
     def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
               progress: bool, desc: str) -> None:

@@ -250,3 +250,107 @@ def assert_cuda_matches_cpu(model, x: torch.Tensor, cond: torch.Tensor | None) -
     u = torch.rand((2, *model.config.shape), device="cuda")
     c2 = None if cond is None else cond[:2]
     assert_sample_follows_inverse_cdf(model, model.sample(2, c2, uniforms=u), u, c2)
+
+
+# --------------------------------------------------------------------------- sampling caches
+
+
+def teacher_forced_logits(cache, x: torch.Tensor) -> torch.Tensor:
+    """Push x (B, *shape) step by step through ``cache`` (freshly reset): the logits it gives
+    at every position, (B, L, *shape) float32."""
+    b, levels = x.shape[0], cache.levels
+    xf = x.reshape(b, -1).to(cache.device)
+    out = torch.full((b, levels, xf.shape[1]), float("nan"), device=cache.device)
+    while not cache.done:
+        pos = cache.positions()
+        out[:, :, pos] = cache.logits().float()
+        cache.push(xf[:, pos])
+    return out.view(b, levels, *x.shape[1:])
+
+
+def assert_cache_matches_forward(model, x: torch.Tensor, cond=None, atol: float = 1e-4,
+                                 rtol: float = 1e-4) -> None:
+    """Teacher forcing x through a fresh cache gives ``model(x, cond)`` at every position;
+    a reset cache gives the same again."""
+    model.eval()
+    with torch.no_grad():
+        want = model(x, cond).float()
+        cache = model.new_cache(x.shape[0], cond)
+        assert cache.batch_size == x.shape[0] and cache.step == 0 and not cache.done
+        got = teacher_forced_logits(cache, x)
+        assert cache.done and cache.step == cache.num_steps
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
+        cache.reset(cond)
+        torch.testing.assert_close(teacher_forced_logits(cache, x), got)
+
+
+def assert_cached_sampling_exact(model, n: int, cond=None) -> torch.Tensor:
+    """With the same uniforms the cached and the plain sampler give identical samples; a
+    cache object passed in (and reused) gives them again. Returns the samples."""
+    shape = tuple(model.config.shape)
+    u = torch.rand((n, *shape), generator=torch.Generator().manual_seed(5))
+    plain = model.sample(n, cond, cache=False, uniforms=u)
+    cached = model.sample(n, cond, uniforms=u)
+    assert torch.equal(cached, plain)
+    cache = model.new_cache(n, cond)
+    for _ in range(2):
+        assert torch.equal(model.sample(n, cond, cache=cache, uniforms=u, progress=True), plain)
+    return plain
+
+
+def assert_cache_bad_inputs(model, x: torch.Tensor, cond=None) -> None:
+    """Clear errors for a cache of another batch size, device or model, a bad ``cache``
+    argument, cond of the wrong shape and bad pushed values; after each the cache is as it
+    was (teacher forcing from where it stood still reproduces the forward pass)."""
+    import copy
+
+    b = x.shape[0]
+    model.eval()
+    with torch.no_grad():
+        want = model(x, cond).float().reshape(b, model.config.levels, -1)
+    cache = model.new_cache(b, cond)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.sample(b + 1, None if cond is None else torch.cat([cond, cond[:1]]), cache=cache)
+    with pytest.raises(ValueError, match="another model"):
+        copy.deepcopy(model).sample(b, cond, cache=cache)
+    with pytest.raises(TypeError, match="cache must be"):
+        model.sample(b, cond, cache="yes")
+    other = copy.deepcopy(model)
+    other_cache = other.new_cache(b, cond)
+    other.to("meta")
+    with pytest.raises(ValueError, match="the model on meta"):
+        other.sample(b, cond, cache=other_cache)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        model.new_cache(0, cond)
+    xf = x.reshape(b, -1)
+    half = cache.num_steps // 2
+    with torch.no_grad():
+        for _ in range(half):
+            cache.push(xf[:, cache.positions()])
+        g = cache.positions().numel()
+        if model.config.num_classes:
+            with pytest.raises(ValueError, match="shape"):
+                cache.reset(torch.cat([cond, cond]))
+            with pytest.raises(ValueError, match="labels must be in"):
+                cache.reset(torch.full_like(cond, model.config.num_classes))
+        else:
+            with pytest.raises(ValueError, match="unconditional"):
+                cache.reset(torch.zeros(b, dtype=torch.int64))
+        with pytest.raises(ValueError, match=r"values must have shape"):
+            cache.push(torch.zeros((b + 1, g), dtype=torch.int64))
+        with pytest.raises(ValueError, match=r"values must have shape"):
+            cache.push(torch.zeros((b, g + 1), dtype=torch.int64))
+        with pytest.raises(TypeError, match="integer"):
+            cache.push(torch.zeros((b, g)))
+        with pytest.raises(ValueError, match=r"levels in \[0"):
+            cache.push(torch.full((b, g), model.config.levels))
+        with pytest.raises(ValueError, match="cache on"):
+            cache.push(torch.zeros((b, g), dtype=torch.int64, device="meta"))
+        assert cache.step == half
+        while not cache.done:
+            pos = cache.positions()
+            torch.testing.assert_close(cache.logits().float(), want[:, :, pos], atol=1e-4,
+                                       rtol=1e-4)
+            cache.push(xf[:, pos])
+        with pytest.raises(RuntimeError, match="reset"):
+            cache.logits()
