@@ -14,7 +14,13 @@ holds all K components of those pixels at once as (BLOCK_K, BLOCK_P) register ti
 forward writes one partial sum per program (summed on the host: deterministic, no atomics);
 the backward recomputes everything from params and x and writes the gradient of params. No
 per-component intermediate ever goes to memory. Math is in fp32 whatever the storage dtype.
+
+The number of levels L of x is a runtime argument (fp32 scalars derived from it: half a bin
+1 / (L - 1) and log((L - 1) / 2) for the NLL, (L - 1) / 2 and L - 1 for the sampler), so one
+compiled kernel serves every L.
 """
+
+import math
 
 import torch
 import triton
@@ -54,23 +60,25 @@ def _one_minus_exp(d):
     elsewhere 1 - u has no cancellation."""
     u = tl.exp2(d * -1.4426950408889634)  # exp(-d)
     near_one = u > 0.5
-    lnu = tl.where(near_one & (u < 1.0), _log(u), -1.0)
+    # max(u, 0.5) = u where lnu is used; elsewhere it keeps log2 away from u = 0
+    lnu = tl.where(near_one & (u < 1.0), _log(tl.maximum(u, 0.5)), -1.0)
     kahan = tl.where(u == 1.0, d, (1.0 - u) * (d / -lnu))
     return tl.where(near_one, kahan, 1.0 - u), u
 
 
 @triton.jit
-def _bin_logprob(x, mean, log_scale_raw, low, high):
+def _bin_logprob(x, mean, log_scale_raw, low, high, half_bin, log_half_levels):
     """log P(bin of x) under a logistic(mean, exp(max(log_scale_raw, -7))) and its derivatives
     with respect to mean and log_scale_raw. x, low, high: (1, BLOCK_P); the others and the
-    results: (BLOCK_K, BLOCK_P). low / high: x is the first / last of the 256 levels."""
+    results: (BLOCK_K, BLOCK_P). low / high: x is the first / last of the L levels.
+    half_bin = 1 / (L - 1), log_half_levels = log((L - 1) / 2): fp32 scalars."""
     s = tl.maximum(log_scale_raw, -7.0)
     inv = tl.exp2(s * -1.4426950408889634)  # exp(-s)
     centered = x - mean
-    plus = inv * (centered + 0.00392156862745098)  # 1/255: half a bin
-    minus = inv * (centered - 0.00392156862745098)
+    plus = inv * (centered + half_bin)
+    minus = inv * (centered - half_bin)
     mid = inv * centered
-    d = inv * 0.00784313725490196  # plus - minus = 2/255 exp(-s)
+    d = inv * (2.0 * half_bin)  # plus - minus = 2 / (L - 1) exp(-s)
     sig_nplus = _sigmoid(-plus)
     sig_minus = _sigmoid(minus)
     # delta = sigmoid(plus) - sigmoid(minus) = sigmoid(plus) sigmoid(-minus) (1 - exp(-d)):
@@ -84,9 +92,10 @@ def _bin_logprob(x, mean, log_scale_raw, low, high):
     #   x = -1:         lp = log sigmoid(plus)       = -softplus(-plus)
     #   x = 1:          lp = log(1 - sigmoid(minus)) = -softplus(minus)
     #   delta > 1e-5:   lp = log delta
-    #   else:           lp = mid - s - 2 softplus(mid) - log 127.5   (density at the center)
+    #   else:           lp = mid - s - 2 softplus(mid) - log((L - 1) / 2)
+    #                   (density at the center times the bin width 2 / (L - 1))
     lp_delta = -sp_nplus - sp_minus + _log(one_m_e)
-    lp_pdf = mid - s - 2.0 * _softplus(mid) - 4.848116364598481  # log(127.5)
+    lp_pdf = mid - s - 2.0 * _softplus(mid) - log_half_levels
     lp = tl.where(low, -sp_nplus, tl.where(high, -sp_minus, tl.where(use_delta, lp_delta, lp_pdf)))
 
     one_m2s = 1.0 - 2.0 * _sigmoid(mid)  # d/dmid of mid - 2 softplus(mid)
@@ -119,13 +128,14 @@ def _mixture(
     p_ptr, x_ptr,
     stride_p_b, stride_p_c, stride_p_h, stride_p_w,
     stride_x_b, stride_x_c, stride_x_h, stride_x_w,
-    b, p, k, w_size, hw, num_mix,
+    b, p, k, w_size, hw, num_mix, half_bin, log_half_levels,
     CH: tl.constexpr,
 ):
     """Everything the forward and backward share, for pixels p (BLOCK_P,) and components
     k (BLOCK_K,) of image b. Returns the (BLOCK_K, BLOCK_P) tiles: logits (-inf where
     k >= K), z = logit + sum_c lp_c (-inf where k >= K), and per channel the derivatives
-    of lp_c, plus x, the tanh'd coefficients and the load offsets."""
+    of lp_c, plus x, the tanh'd coefficients and the load offsets. x is an edge level when
+    within half a bin of -1 or 1."""
     p_mask = p < hw
     k_mask = k < num_mix
     mask = k_mask[:, None] & p_mask[None, :]
@@ -138,11 +148,12 @@ def _mixture(
 
     logit = tl.load(p_ptr + pix + kc, mask=mask, other=0.0).to(tl.float32)
     logit = tl.where(k_mask[:, None], logit, float("-inf"))
+    edge = 1.0 - half_bin
 
     x0 = tl.load(x_ptr + xpix, mask=p_mask, other=0.0).to(tl.float32)[None, :]
     m0 = tl.load(p_ptr + pix + kc + ck, mask=mask, other=0.0).to(tl.float32)
     s0 = tl.load(p_ptr + pix + kc + (1 + CH) * ck, mask=mask, other=0.0).to(tl.float32)
-    lp0, dm0, ds0 = _bin_logprob(x0, m0, s0, x0 < -0.999, x0 > 0.999)
+    lp0, dm0, ds0 = _bin_logprob(x0, m0, s0, x0 < -edge, x0 > edge, half_bin, log_half_levels)
     if CH == 3:
         x1 = tl.load(x_ptr + xpix + stride_x_c, mask=p_mask, other=0.0).to(tl.float32)[None, :]
         x2 = tl.load(x_ptr + xpix + 2 * stride_x_c, mask=p_mask,
@@ -155,8 +166,10 @@ def _mixture(
         c1 = _tanh(tl.load(p_ptr + pix + kc + 8 * ck, mask=mask, other=0.0).to(tl.float32))
         c2 = _tanh(tl.load(p_ptr + pix + kc + 9 * ck, mask=mask, other=0.0).to(tl.float32))
         # mean_G = m_G + c0 x_R,  mean_B = m_B + c1 x_R + c2 x_G
-        lp1, dm1, ds1 = _bin_logprob(x1, m1 + c0 * x0, s1, x1 < -0.999, x1 > 0.999)
-        lp2, dm2, ds2 = _bin_logprob(x2, m2 + c1 * x0 + c2 * x1, s2, x2 < -0.999, x2 > 0.999)
+        lp1, dm1, ds1 = _bin_logprob(x1, m1 + c0 * x0, s1, x1 < -edge, x1 > edge,
+                                     half_bin, log_half_levels)
+        lp2, dm2, ds2 = _bin_logprob(x2, m2 + c1 * x0 + c2 * x1, s2, x2 < -edge, x2 > edge,
+                                     half_bin, log_half_levels)
         lp = lp0 + lp1 + lp2
     else:  # grayscale: placeholders, so that both constexpr branches bind the same names
         x1 = x0
@@ -186,9 +199,10 @@ def _dmol_nll_fwd_kernel(
     p_ptr, x_ptr, out_ptr,
     stride_p_b, stride_p_c, stride_p_h, stride_p_w,
     stride_x_b, stride_x_c, stride_x_h, stride_x_w,
-    w_size, hw, num_mix,
+    w_size, hw, num_mix, half_bin, log_half_levels,
     CH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    # half_bin = 1 / (L - 1), log_half_levels = log((L - 1) / 2): fp32
     # out: contiguous (B, cdiv(HW, BLOCK_P)) partial sums of the per-pixel NLL
     b, pid_p, p = _tile(hw, BLOCK_P)
     k = tl.arange(0, BLOCK_K)
@@ -197,7 +211,7 @@ def _dmol_nll_fwd_kernel(
         p_ptr, x_ptr,
         stride_p_b, stride_p_c, stride_p_h, stride_p_w,
         stride_x_b, stride_x_c, stride_x_h, stride_x_w,
-        b, p, k, w_size, hw, num_mix, CH)
+        b, p, k, w_size, hw, num_mix, half_bin, log_half_levels, CH)
     # -log p(x) = logsumexp_k(logit_k) - logsumexp_k(logit_k + sum_c lp_ck)
     nll = _logsumexp(logit) - _logsumexp(z)  # (BLOCK_P,)
     nll = tl.where(p < hw, nll, 0.0)
@@ -209,10 +223,11 @@ def _dmol_nll_bwd_kernel(
     p_ptr, x_ptr, grad_out_ptr, grad_p_ptr,
     stride_p_b, stride_p_c, stride_p_h, stride_p_w,
     stride_x_b, stride_x_c, stride_x_h, stride_x_w,
-    w_size, hw, num_mix,
+    w_size, hw, num_mix, half_bin, log_half_levels,
     CH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    # grad_out: (B,) fp32; grad_p: contiguous (B, P, H, W)
+    # half_bin, log_half_levels as in the forward; grad_out: (B,) fp32;
+    # grad_p: contiguous (B, P, H, W)
     b, pid_p, p = _tile(hw, BLOCK_P)
     k = tl.arange(0, BLOCK_K)
     (logit, z, mask, pix, kc, ck, x0, x1, x2, c0, c1, c2,
@@ -220,7 +235,7 @@ def _dmol_nll_bwd_kernel(
         p_ptr, x_ptr,
         stride_p_b, stride_p_c, stride_p_h, stride_p_w,
         stride_x_b, stride_x_c, stride_x_h, stride_x_w,
-        b, p, k, w_size, hw, num_mix, CH)
+        b, p, k, w_size, hw, num_mix, half_bin, log_half_levels, CH)
     g = tl.load(grad_out_ptr + b).to(tl.float32)
     # r_k = softmax_k(z) (responsibilities), pi_k = softmax_k(logit):
     # d nll / d logit_k = pi_k - r_k,  d nll / d lp_ck = -r_k
@@ -246,15 +261,16 @@ def _dmol_nll_bwd_kernel(
 
 
 @triton.jit
-def _logistic_level(mean, log_scale_raw, u):
+def _logistic_level(mean, log_scale_raw, u, half_levels, last):
     """One channel's sample: mean + exp(max(s, -7)) logit(u), clamped to [-1, 1] and
-    rounded to the nearest of the 256 levels (2i - 255) / 255. All (BLOCK_P,)."""
+    rounded to the nearest of the L levels (2i - (L - 1)) / (L - 1). mean, log_scale_raw, u:
+    (BLOCK_P,); half_levels = (L - 1) / 2 and last = L - 1: fp32 scalars."""
     scale = tl.exp2(tl.maximum(log_scale_raw, -7.0) * 1.4426950408889634)
     # logit(u) = ln u - ln(1 - u)
     v = mean + scale * (_log(u) - _log(1.0 - u))
     v = tl.minimum(tl.maximum(v, -1.0), 1.0)
-    level = tl.minimum(tl.floor((v + 1.0) * 127.5 + 0.5), 255.0)
-    return (2.0 * level - 255.0) / 255.0
+    level = tl.minimum(tl.floor((v + 1.0) * half_levels + 0.5), last)
+    return (2.0 * level - last) / last
 
 
 @triton.jit
@@ -262,9 +278,10 @@ def _dmol_sample_kernel(
     p_ptr, u_ptr, out_ptr,
     stride_p_b, stride_p_c, stride_p_h, stride_p_w,
     stride_u_b, stride_u_c, stride_u_h, stride_u_w,
-    w_size, hw, num_mix,
+    w_size, hw, num_mix, half_levels, last,
     CH: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    # half_levels = (L - 1) / 2, last = L - 1: fp32.
     # u: (B, 1 + C, H, W) uniforms in [0, 1): u[:, 0] picks the component, u[:, 1 + c] draws
     # channel c. out: contiguous (B, C, H, W) fp32.
     b, pid_p, p = _tile(hw, BLOCK_P)
@@ -292,7 +309,7 @@ def _dmol_sample_kernel(
     mean0 = tl.load(p_ptr + sel + ck, mask=p_mask, other=0.0).to(tl.float32)
     ls0 = tl.load(p_ptr + sel + (1 + CH) * ck, mask=p_mask, other=0.0).to(tl.float32)
     u1 = tl.load(u_ptr + upix + stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
-    x0 = _logistic_level(mean0, ls0, u1)
+    x0 = _logistic_level(mean0, ls0, u1, half_levels, last)
     tl.store(out, x0, mask=p_mask)
     if CH == 3:
         mean1 = tl.load(p_ptr + sel + 2 * ck, mask=p_mask, other=0.0).to(tl.float32)
@@ -305,8 +322,8 @@ def _dmol_sample_kernel(
         u2 = tl.load(u_ptr + upix + 2 * stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
         u3 = tl.load(u_ptr + upix + 3 * stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
         # G depends on the sampled (quantised) R, B on the sampled R and G
-        x1 = _logistic_level(mean1 + c0 * x0, ls1, u2)
-        x2 = _logistic_level(mean2 + c1 * x0 + c2 * x1, ls2, u3)
+        x1 = _logistic_level(mean1 + c0 * x0, ls1, u2, half_levels, last)
+        x2 = _logistic_level(mean2 + c1 * x0 + c2 * x1, ls2, u3, half_levels, last)
         tl.store(out + hw, x1, mask=p_mask)
         tl.store(out + 2 * hw, x2, mask=p_mask)
 
@@ -320,44 +337,55 @@ def _blocks(num_mix: int, hw: int) -> tuple[int, int]:
     return block_k, block_p
 
 
-def _launch(kernel, params, other, tensors, num_mix: int, channels: int):
+def _nll_grid(levels: int) -> tuple[float, float]:
+    """(half_bin, log_half_levels) = (1 / (L - 1), log((L - 1) / 2)), the NLL kernels' floats."""
+    return 1.0 / (levels - 1), math.log((levels - 1) / 2)
+
+
+def _launch(kernel, params, other, tensors, num_mix: int, channels: int, floats: tuple):
+    """One program per (image, BLOCK_P pixels); ``floats`` are the kernel's fp32 scalars after
+    num_mix (runtime values: no recompilation per number of levels)."""
     bsz, _, h, w = params.shape
     block_k, block_p = _blocks(num_mix, h * w)
     grid = (bsz * triton.cdiv(h * w, block_p),)
     kernel[grid](params, other, *tensors, *params.stride(), *other.stride(), w, h * w, num_mix,
-                 CH=channels, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=_NUM_WARPS)
+                 *floats, CH=channels, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=_NUM_WARPS)
 
 
-def dmol_nll_fwd(params: torch.Tensor, x: torch.Tensor, num_mix: int,
-                 channels: int) -> torch.Tensor:
+def dmol_nll_fwd(params: torch.Tensor, x: torch.Tensor, num_mix: int, channels: int,
+                 levels: int = 256) -> torch.Tensor:
     """Forward launcher. params: (B, P, H, W) fp32/fp16/bf16, any strides; x: (B, C, H, W)
-    fp32, any strides. Returns the per-image NLL (B,) in fp32."""
+    fp32 on the ``levels``-level grid (L >= 2, checked by the caller), any strides. Returns
+    the per-image NLL (B,) in fp32."""
     bsz, _, h, w = params.shape
     _, block_p = _blocks(num_mix, h * w)
     partial = torch.empty((bsz, triton.cdiv(h * w, block_p)), device=params.device,
                           dtype=torch.float32)
     if partial.numel() == 0:
         return partial.new_zeros((bsz,))
-    _launch(_dmol_nll_fwd_kernel, params, x, (partial,), num_mix, channels)
+    _launch(_dmol_nll_fwd_kernel, params, x, (partial,), num_mix, channels, _nll_grid(levels))
     return partial.sum(dim=1)
 
 
 def dmol_nll_bwd(grad_out: torch.Tensor, params: torch.Tensor, x: torch.Tensor, num_mix: int,
-                 channels: int) -> torch.Tensor:
+                 channels: int, levels: int = 256) -> torch.Tensor:
     """Backward launcher. grad_out: (B,) fp32 contiguous; params, x as in ``dmol_nll_fwd``.
     Returns the gradient of params, contiguous (B, P, H, W) of params' dtype."""
     grad = torch.empty(params.shape, device=params.device, dtype=params.dtype)
     if grad.numel():
-        _launch(_dmol_nll_bwd_kernel, params, x, (grad_out, grad), num_mix, channels)
+        _launch(_dmol_nll_bwd_kernel, params, x, (grad_out, grad), num_mix, channels,
+                _nll_grid(levels))
     return grad
 
 
 def dmol_sample_fwd(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int,
-                    channels: int) -> torch.Tensor:
+                    channels: int, levels: int = 256) -> torch.Tensor:
     """Sampling launcher. params as in ``dmol_nll_fwd``; uniforms: (B, 1 + C, H, W) fp32 in
-    [0, 1), any strides. Returns x, contiguous (B, C, H, W) fp32 on the 256-level grid."""
+    [0, 1), any strides. Returns x, contiguous (B, C, H, W) fp32 on the ``levels``-level
+    grid."""
     bsz, _, h, w = params.shape
     out = torch.empty((bsz, channels, h, w), device=params.device, dtype=torch.float32)
     if out.numel():
-        _launch(_dmol_sample_kernel, params, uniforms, (out,), num_mix, channels)
+        _launch(_dmol_sample_kernel, params, uniforms, (out,), num_mix, channels,
+                ((levels - 1) / 2, float(levels - 1)))
     return out

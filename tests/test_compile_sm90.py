@@ -258,10 +258,14 @@ def _dmol_cases():
     for fn in (kd._dmol_nll_fwd_kernel, kd._dmol_nll_bwd_kernel, kd._dmol_sample_kernel):
         ptrs = {k: v for k, v in fp32_ptrs.items() if k in fn.arg_names}
         unit = tuple(n for n in ("stride_p_w", "stride_x_w", "stride_u_w") if n in fn.arg_names)
+        # the number of levels reaches the kernels as fp32 scalars derived from it
+        floats = tuple(n for n in ("half_bin", "log_half_levels", "half_levels", "last")
+                       if n in fn.arg_names)
         for n, (dtype, ch, k) in enumerate((("fp32", 3, 10), ("bf16", 1, 5), ("fp16", 3, 1))):
             block_k, block_p = kd._blocks(k, 1024)
             yield _case(fn, dtype, dict(CH=ch, BLOCK_K=block_k, BLOCK_P=block_p),
-                        warps=kd._NUM_WARPS, ptrs=ptrs, unit=unit, contiguous=n % 2 == 1)
+                        warps=kd._NUM_WARPS, ptrs=ptrs, floats=floats, unit=unit,
+                        contiguous=n % 2 == 1)
 
 
 def _cases() -> list[dict]:

@@ -1,11 +1,13 @@
 """Discretized mixture of logistics (DMoL): fused NLL and sampling of PixelCNN++ outputs.
 
 Follows Salimans et al., "PixelCNN++" (ICLR 2017), section 2.1-2.2 and its reference code:
-each sub-pixel value is one of 256 levels of [-1, 1] (level i is (2i - 255) / 255), its
-probability is the mass of a logistic distribution over the level's bin [x - 1/255,
-x + 1/255], the first and last bins take the whole tails (edge bins), the log-scales are
-clamped below at -7, and a bin whose mass underflows (< 1e-5) falls back to the density at
-its center times the bin width. For RGB the mean of G depends linearly on R and the mean of B
+each sub-pixel value is one of L levels of [-1, 1] (the paper's L = 256 is the default;
+level i is (2i - (L - 1)) / (L - 1)), its probability is the mass of a logistic distribution
+over the level's bin [x - 1/(L - 1), x + 1/(L - 1)], the first and last bins take the whole
+tails (edge bins), the log-scales are clamped below at -7, and a bin whose mass underflows
+(< 1e-5) falls back to the density at its center times the bin width 2 / (L - 1). The L
+masses sum to 1 for every L >= 2; at L = 2 both levels are edge bins split at 0:
+p(-1) = CDF(0), p(1) = 1 - CDF(0). For RGB the mean of G depends linearly on R and the mean of B
 on R and G, through coefficients squashed by tanh. Grayscale (C = 1) is the same model without
 the coefficients, served by the same kernels (a ``constexpr`` switch on C).
 
@@ -30,7 +32,8 @@ Departures from the paper's code, all on purpose:
   ``log sigmoid(plus) + log sigmoid(-min) + log(1 - exp(-(plus - min)))`` (the same value;
   the paper's difference of two sigmoids loses all digits in fp32 for wide components), so
   the 1e-5 switch to the density is decided on an accurate number;
-- the sampler quantises each channel to the 256 levels before the next channel uses it (the
+- any number of levels L >= 2 (the paper fixes 256), a runtime argument of the kernels;
+- the sampler quantises each channel to the L levels before the next channel uses it (the
   model's likelihood conditions G and B on the data's levels, so samples follow the same
   distribution the NLL scores) and picks the component by inverse CDF with one uniform per
   pixel instead of Gumbel-max with K.
@@ -51,8 +54,6 @@ from artrt import backends
 # Backends of these ops on CUDA tensors, fastest first (provisional until measured on a GPU).
 PREFERENCE = ("triton", "reference")
 
-_HALF_BIN = 1.0 / 255.0
-_LOG_HALF_LEVELS = math.log(127.5)  # log of 1 / bin width: the bin is 2/255 wide
 _MIN_LOG_SCALE = -7.0
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
@@ -68,6 +69,12 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _grid(levels: int) -> tuple[float, float]:
+    """(half_bin, log_half_levels) of the L-level grid: half a bin 1 / (L - 1), and the log of
+    1 / bin width, log((L - 1) / 2). Python floats, so L = 256 gives exactly 1/255, log 127.5."""
+    return 1.0 / (levels - 1), math.log((levels - 1) / 2)
+
+
 def _split(params: torch.Tensor, num_mix: int, channels: int):
     """logits (B, K, H, W), means and raw log-scales (B, C, K, H, W), tanh'd coefficients
     (B, 3, K, H, W) or None."""
@@ -79,10 +86,11 @@ def _split(params: torch.Tensor, num_mix: int, channels: int):
     return logits, means, log_scales, coeffs
 
 
-def _edges(x: torch.Tensor):
-    """(low, high) masks (B, C, 1, H, W): x is the first / last level (decided in >= fp32)."""
+def _edges(x: torch.Tensor, half_bin: float):
+    """(low, high) masks (B, C, 1, H, W): x is the first / last level, i.e. within half a bin
+    of -1 / 1 (decided in >= fp32)."""
     xh = x.to(_out_dtype(x.dtype)).unsqueeze(2)
-    return xh < -0.999, xh > 0.999
+    return xh < half_bin - 1.0, xh > 1.0 - half_bin
 
 
 def _softplus(z):
@@ -90,9 +98,11 @@ def _softplus(z):
     return torch.logaddexp(z, torch.zeros_like(z))
 
 
-def _bin_logprob(x, mean, log_scale_raw, low, high, with_grad: bool):
-    """log P(bin of x) of a logistic(mean, exp(max(log_scale_raw, -7))); with_grad also gives
-    d lp / d mean and d lp / d log_scale_raw. Broadcasting tensors of one dtype.
+def _bin_logprob(x, mean, log_scale_raw, low, high, half_bin: float, log_half_levels: float,
+                 with_grad: bool):
+    """log P(bin of x) of a logistic(mean, exp(max(log_scale_raw, -7))), the bin being
+    [x - half_bin, x + half_bin] (edge bins: the tails); with_grad also gives d lp / d mean
+    and d lp / d log_scale_raw. Broadcasting tensors of one dtype.
 
     The mass of a middle bin, sigmoid(plus) - sigmoid(minus), is written without
     cancellation as sigmoid(plus) sigmoid(-minus) (1 - exp(-(plus - minus))).
@@ -100,18 +110,18 @@ def _bin_logprob(x, mean, log_scale_raw, low, high, with_grad: bool):
     s = torch.clamp(log_scale_raw, min=_MIN_LOG_SCALE)
     inv = torch.exp(-s)
     centered = x - mean
-    plus = inv * (centered + _HALF_BIN)
-    minus = inv * (centered - _HALF_BIN)
+    plus = inv * (centered + half_bin)
+    minus = inv * (centered - half_bin)
     mid = inv * centered
-    d = inv * (2 * _HALF_BIN)  # plus - minus
+    d = inv * (2 * half_bin)  # plus - minus
     one_m_e = torch.clamp(-torch.expm1(-d), min=1e-30)
     sp_nplus, sp_minus = _softplus(-plus), _softplus(minus)
     delta = torch.sigmoid(plus) * torch.sigmoid(-minus) * one_m_e
     use_delta = delta > 1e-5
-    lp_low = -sp_nplus                          # log sigmoid(plus): the bin [-inf, -1 + 1/255]
-    lp_high = -sp_minus                         # log(1 - sigmoid(minus)): [1 - 1/255, inf]
+    lp_low = -sp_nplus                          # log sigmoid(plus): [-inf, -1 + half_bin]
+    lp_high = -sp_minus                         # log(1 - sigmoid(minus)): [1 - half_bin, inf]
     lp_delta = -sp_nplus - sp_minus + torch.log(one_m_e)  # log delta
-    lp_pdf = mid - s - 2 * _softplus(mid) - _LOG_HALF_LEVELS  # density x bin width
+    lp_pdf = mid - s - 2 * _softplus(mid) - log_half_levels  # density x bin width
     lp = torch.where(low, lp_low, torch.where(high, lp_high,
                                               torch.where(use_delta, lp_delta, lp_pdf)))
     if not with_grad:
@@ -140,33 +150,38 @@ def _component_means(means, coeffs, xc):
 
 # --------------------------------------------------------------------------- reference
 
-def dmol_nll_ref(params: torch.Tensor, x: torch.Tensor, num_mix: int) -> torch.Tensor:
-    """Pure PyTorch per-image NLL in nats; see :func:`dmol_nll` for shapes. Math in params'
-    dtype, the sum over pixels in at least float32."""
+def dmol_nll_ref(params: torch.Tensor, x: torch.Tensor, num_mix: int,
+                 levels: int = 256) -> torch.Tensor:
+    """Pure PyTorch per-image NLL in nats of x on the ``levels``-level grid; see
+    :func:`dmol_nll` for shapes. Math in params' dtype, the sum over pixels in at least
+    float32."""
     channels = _channels(params, num_mix)
+    half_bin, log_half_levels = _grid(levels)
     logits, means, log_scales, coeffs = _split(params, num_mix, channels)
     xc = x.to(params.dtype).unsqueeze(2)  # (B, C, 1, H, W)
-    low, high = _edges(x)
-    lp = _bin_logprob(xc, _component_means(means, coeffs, xc), log_scales, low, high, False)
+    low, high = _edges(x, half_bin)
+    lp = _bin_logprob(xc, _component_means(means, coeffs, xc), log_scales, low, high,
+                      half_bin, log_half_levels, False)
     z = F.log_softmax(logits, dim=1) + lp.sum(1)  # (B, K, H, W)
     return -torch.logsumexp(z, dim=1).to(_out_dtype(params.dtype)).sum(dim=(1, 2))
 
 
 def dmol_nll_backward_ref(grad_out: torch.Tensor, params: torch.Tensor, x: torch.Tensor,
-                          num_mix: int) -> torch.Tensor:
+                          num_mix: int, levels: int = 256) -> torch.Tensor:
     """Pure PyTorch gradient of :func:`dmol_nll_ref` with respect to params (closed form).
 
     With r_k = softmax_k(logit_k + sum_c lp_ck) and pi_k = softmax_k(logit_k):
     d nll / d logit_k = pi_k - r_k;  d nll / d lp_ck = -r_k, then through the means (and the
     RGB coefficients: d mean_G / d a_0 = x_R, ...) and the clamped log-scales.
-    grad_out: (B,). Returns (B, P, H, W) of params' dtype.
+    grad_out: (B,); x on the ``levels``-level grid. Returns (B, P, H, W) of params' dtype.
     """
     channels = _channels(params, num_mix)
+    half_bin, log_half_levels = _grid(levels)
     logits, means, log_scales, coeffs = _split(params, num_mix, channels)
     xc = x.to(params.dtype).unsqueeze(2)
-    low, high = _edges(x)
+    low, high = _edges(x, half_bin)
     lp, dmean, ds = _bin_logprob(xc, _component_means(means, coeffs, xc), log_scales,
-                                 low, high, True)
+                                 low, high, half_bin, log_half_levels, True)
     z = logits + lp.sum(1)
     r = torch.softmax(z, dim=1)
     g = grad_out.to(params.dtype)[:, None, None, None]
@@ -181,13 +196,16 @@ def dmol_nll_backward_ref(grad_out: torch.Tensor, params: torch.Tensor, x: torch
     return torch.cat(parts, 1)
 
 
-def dmol_sample_ref(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int) -> torch.Tensor:
-    """Pure PyTorch sampler from given uniforms; see :func:`dmol_sample` for shapes.
+def dmol_sample_ref(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int,
+                    levels: int = 256) -> torch.Tensor:
+    """Pure PyTorch sampler from given uniforms onto the ``levels``-level grid; see
+    :func:`dmol_sample` for shapes.
 
     Written with exp2/log2 and the same operation order as the kernel so that both map the
     same uniforms to the same levels (barring a last-ulp difference at a level boundary).
     """
     channels = _channels(params, num_mix)
+    half_levels, last = (levels - 1) / 2, float(levels - 1)
     p = params.float()
     u = uniforms.float()
     logits, means, log_scales, coeffs = _split(p, num_mix, channels)
@@ -204,8 +222,8 @@ def dmol_sample_ref(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int) 
         scale = torch.exp2(torch.clamp(log_scale, min=_MIN_LOG_SCALE) * _LOG2E)
         v = mean + scale * (torch.log2(uc) * _LN2 - torch.log2(1.0 - uc) * _LN2)
         v = torch.clamp(v, -1.0, 1.0)
-        lev = torch.clamp(torch.floor((v + 1.0) * 127.5 + 0.5), max=255.0)
-        return (2.0 * lev - 255.0) / 255.0
+        lev = torch.clamp(torch.floor((v + 1.0) * half_levels + 0.5), max=last)
+        return (2.0 * lev - last) / last
 
     x0 = level(pick(means[:, 0]), pick(log_scales[:, 0]), u[:, 1])
     if channels == 1:
@@ -240,6 +258,16 @@ def _check_params(params, num_mix, what: str) -> int:
     return channels
 
 
+def _check_levels(levels, what: str) -> None:
+    """levels is L, the number of levels of the grid of [-1, 1]: an int >= 2."""
+    if isinstance(levels, bool) or not isinstance(levels, int):
+        raise TypeError(f"{what}: levels must be an int >= 2 (the number of levels of x), "
+                        f"got {type(levels).__name__} {levels!r}")
+    if levels < 2:
+        raise ValueError(f"{what}: levels must be >= 2 (the number of levels of x), "
+                         f"got {levels}")
+
+
 def _check_data(params, t, name: str, channels: int, what: str) -> None:
     """Shape / dtype / device checks of x (channels = C) or uniforms (channels = 1 + C)."""
     if not isinstance(t, torch.Tensor):
@@ -255,26 +283,28 @@ def _check_data(params, t, name: str, channels: int, what: str) -> None:
                          f"shape {tuple(params.shape)}, got {tuple(t.shape)}")
 
 
-def _check(params, x, num_mix, what: str = "dmol_nll") -> int:
+def _check(params, x, num_mix, levels, what: str = "dmol_nll") -> int:
     channels = _check_params(params, num_mix, what)
+    _check_levels(levels, what)
     _check_data(params, x, "x", channels, what)
     return channels
 
 
-def _check_x_values(x: torch.Tensor) -> None:
-    """x in [-1, 1] and on the 256-level grid (to 0.05 of a level: fp16 x passes). Data-
-    dependent, so it runs inside the op, never in a traced graph."""
+def _check_x_values(x: torch.Tensor, levels: int) -> None:
+    """x in [-1, 1] and on the L-level grid (to 0.05 of a level: fp16 x passes at L = 256).
+    Data-dependent, so it runs inside the op, never in a traced graph."""
     if x.numel() == 0:
         return
     xf = x.float()
     lo, hi = xf.min().item(), xf.max().item()
     if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
         raise ValueError(f"dmol_nll: x must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    v = (xf + 1.0) * 127.5
+    v = (xf + 1.0) * ((levels - 1) / 2)  # the level index i of x = (2i - (L - 1)) / (L - 1)
     off = (v - v.round()).abs().max().item()
     if off > 0.05:
-        raise ValueError("dmol_nll: x must be quantised to the 256 levels (2i - 255) / 255 of "
-                         f"[-1, 1] (a float32 tensor; bf16 cannot hold them), got a value "
+        raise ValueError(f"dmol_nll: x must be quantised to the {levels} levels "
+                         f"(2i - {levels - 1}) / {levels - 1} of [-1, 1] given by levels = L = "
+                         f"{levels} (a float32 tensor; bf16 cannot hold them), got a value "
                          f"{off:.3f} of a level away from the grid")
 
 
@@ -292,43 +322,43 @@ def _kernel_inputs(params: torch.Tensor, t: torch.Tensor):
 
 
 @torch.library.custom_op("artrt::dmol_nll", mutates_args=())
-def _dmol_nll_op(params: torch.Tensor, x: torch.Tensor, num_mix: int,
+def _dmol_nll_op(params: torch.Tensor, x: torch.Tensor, num_mix: int, levels: int,
                  backend: str) -> torch.Tensor:
     """The op behind :func:`dmol_nll`."""
-    channels = _check(params, x, num_mix)
-    _check_x_values(x)
+    channels = _check(params, x, num_mix, levels)
+    _check_x_values(x, levels)
     name = backends.select("dmol_nll", params.device, params.dtype, backend, PREFERENCE)
     if name == "reference":
-        return dmol_nll_ref(params, x, num_mix)
+        return dmol_nll_ref(params, x, num_mix, levels)
     from artrt.kernels.dmol import dmol_nll_fwd
 
-    return dmol_nll_fwd(*_kernel_inputs(params, x), num_mix, channels)
+    return dmol_nll_fwd(*_kernel_inputs(params, x), num_mix, channels, levels)
 
 
 @_dmol_nll_op.register_fake
-def _(params, x, num_mix, backend):
-    _check(params, x, num_mix)
+def _(params, x, num_mix, levels, backend):
+    _check(params, x, num_mix, levels)
     return params.new_empty((params.shape[0],), dtype=_out_dtype(params.dtype))
 
 
 @torch.library.custom_op("artrt::dmol_nll_backward", mutates_args=())
 def dmol_nll_backward(grad_out: torch.Tensor, params: torch.Tensor, x: torch.Tensor,
-                      num_mix: int, backend: str) -> torch.Tensor:
+                      num_mix: int, levels: int, backend: str) -> torch.Tensor:
     """Gradient of artrt::dmol_nll with respect to params: (B, P, H, W), contiguous."""
-    channels = _check(params, x, num_mix, "dmol_nll backward")
+    channels = _check(params, x, num_mix, levels, "dmol_nll backward")
     _check_grad(grad_out, params)
     name = backends.select("dmol_nll backward", params.device, params.dtype, backend, PREFERENCE)
     if name == "reference":
-        return dmol_nll_backward_ref(grad_out, params, x, num_mix).contiguous()
+        return dmol_nll_backward_ref(grad_out, params, x, num_mix, levels).contiguous()
     from artrt.kernels.dmol import dmol_nll_bwd
 
     return dmol_nll_bwd(grad_out.to(torch.float32).contiguous(),
-                        *_kernel_inputs(params, x), num_mix, channels)
+                        *_kernel_inputs(params, x), num_mix, channels, levels)
 
 
 @dmol_nll_backward.register_fake
-def _(grad_out, params, x, num_mix, backend):
-    _check(params, x, num_mix, "dmol_nll backward")
+def _(grad_out, params, x, num_mix, levels, backend):
+    _check(params, x, num_mix, levels, "dmol_nll backward")
     _check_grad(grad_out, params)
     return torch.empty_like(params, memory_format=torch.contiguous_format)
 
@@ -340,46 +370,49 @@ def _check_grad(grad_out: torch.Tensor, params: torch.Tensor) -> None:
 
 
 def _setup_context(ctx, inputs, output):
-    params, x, num_mix, backend = inputs
+    params, x, num_mix, levels, backend = inputs
     ctx.save_for_backward(params, x)
-    ctx.num_mix, ctx.backend = num_mix, backend
+    ctx.num_mix, ctx.levels, ctx.backend = num_mix, levels, backend
 
 
 def _dmol_nll_autograd(ctx, grad_out):
     params, x = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
-        return None, None, None, None
-    return dmol_nll_backward(grad_out, params, x, ctx.num_mix, ctx.backend), None, None, None
+        return None, None, None, None, None
+    grad = dmol_nll_backward(grad_out, params, x, ctx.num_mix, ctx.levels, ctx.backend)
+    return grad, None, None, None, None
 
 
 _dmol_nll_op.register_autograd(_dmol_nll_autograd, setup_context=_setup_context)
 
 
 @torch.library.custom_op("artrt::dmol_sample", mutates_args=())
-def _dmol_sample_op(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int,
+def _dmol_sample_op(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int, levels: int,
                     backend: str) -> torch.Tensor:
     """The op behind :func:`dmol_sample` (uniforms given)."""
     channels = _check_params(params, num_mix, "dmol_sample")
+    _check_levels(levels, "dmol_sample")
     _check_data(params, uniforms, "uniforms", 1 + channels, "dmol_sample")
     _check_uniforms_values(uniforms)
     name = backends.select("dmol_sample", params.device, params.dtype, backend, PREFERENCE)
     if name == "reference":
-        return dmol_sample_ref(params, uniforms, num_mix)
+        return dmol_sample_ref(params, uniforms, num_mix, levels)
     from artrt.kernels.dmol import dmol_sample_fwd
 
-    return dmol_sample_fwd(*_kernel_inputs(params, uniforms), num_mix, channels)
+    return dmol_sample_fwd(*_kernel_inputs(params, uniforms), num_mix, channels, levels)
 
 
 @_dmol_sample_op.register_fake
-def _(params, uniforms, num_mix, backend):
+def _(params, uniforms, num_mix, levels, backend):
     channels = _check_params(params, num_mix, "dmol_sample")
+    _check_levels(levels, "dmol_sample")
     b, _, h, w = params.shape
     return params.new_empty((b, channels, h, w), dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- public functions
 
-def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *,
+def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int = 256,
              backend: str | None = None) -> torch.Tensor:
     """Per-image negative log-likelihood of x under a discretized mixture of logistics.
 
@@ -387,10 +420,11 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *,
         params: (B, 10 K, H, W) for RGB or (B, 3 K, H, W) for grayscale, the network's
             output in the layout of the module docstring; float32, float16 or bfloat16 for
             the kernels (math in float32), any float dtype for the reference; any strides.
-        x: (B, C, H, W) data in [-1, 1] on the 256 levels (2i - 255) / 255, C = 3 or 1; any
-            float dtype (float32 recommended: bf16 cannot represent the levels), not
-            differentiated.
+        x: (B, C, H, W) data in [-1, 1] on the L levels (2i - (L - 1)) / (L - 1),
+            i = 0 .. L - 1, C = 3 or 1; any float dtype (float32 recommended: bf16 cannot
+            represent the levels), not differentiated.
         num_mix: K, the number of mixture components.
+        levels: L >= 2, the number of levels of x (256 for 8-bit images, 2 for binary).
         backend: force ``"reference"`` or ``"triton"``; ``None`` follows
             ``artrt.use_backend`` / ``ARTRT_BACKEND``, else triton on CUDA, reference on CPU.
 
@@ -399,19 +433,19 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *,
         params). Divide by ``C * H * W * ln 2`` for bits per dimension. Differentiable in
         params. Grayscale is served by the same kernels through a constexpr switch.
     """
-    _check(params, x, num_mix)
-    return _dmol_nll_op(params, x, num_mix, backends.requested(backend))
+    _check(params, x, num_mix, levels)
+    return _dmol_nll_op(params, x, num_mix, levels, backends.requested(backend))
 
 
 def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator | None = None,
-                *, uniforms: torch.Tensor | None = None,
+                *, uniforms: torch.Tensor | None = None, levels: int = 256,
                 backend: str | None = None) -> torch.Tensor:
     """Draw x from the discretized mixture of logistics given by params (no gradient).
 
     Per pixel: a component by inverse CDF of softmax(logits) with ``uniforms[:, 0]``, then
     channel c = mean + exp(max(s, -7)) logit(u) with ``u = uniforms[:, 1 + c]`` (G and B
     using the already sampled, quantised R and G), clamped to [-1, 1] and rounded to the
-    nearest of the 256 levels.
+    nearest of the L levels.
 
     Args:
         params: (B, 10 K, H, W) or (B, 3 K, H, W), as in :func:`dmol_nll`.
@@ -420,16 +454,19 @@ def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator |
         uniforms: optional pre-drawn (B, 1 + C, H, W) floats in [0, 1) (float32 for exact
             reproduction), so that another sampler (e.g. a cached, pixel-by-pixel one) can
             reproduce the draw exactly.
+        levels: L >= 2, as in :func:`dmol_nll`.
         backend: as in :func:`dmol_nll`.
 
     Returns:
-        (B, C, H, W) float32 on the 256-level grid of [-1, 1].
+        (B, C, H, W) float32 on the L-level grid (2i - (L - 1)) / (L - 1) of [-1, 1].
     """
     channels = _check_params(params, num_mix, "dmol_sample")
+    _check_levels(levels, "dmol_sample")
     b, _, h, w = params.shape
     if uniforms is None:
         uniforms = torch.rand((b, 1 + channels, h, w), generator=generator,
                               device=params.device, dtype=torch.float32)
     _check_data(params, uniforms, "uniforms", 1 + channels, "dmol_sample")
     with torch.no_grad():
-        return _dmol_sample_op(params.detach(), uniforms, num_mix, backends.requested(backend))
+        return _dmol_sample_op(params.detach(), uniforms, num_mix, levels,
+                               backends.requested(backend))

@@ -1,5 +1,7 @@
 """artrt.ops.dmol: the discretized mixture of logistics NLL (forward, gradient) and sampler
-against their references, every backend; the sampler against the model's own probabilities."""
+against their references, every backend, for L = 256 levels and others (binary L = 2, 17);
+the NLL as a distribution over the L levels; the sampler against the model's own
+probabilities."""
 
 from __future__ import annotations
 
@@ -30,8 +32,14 @@ def n_params(channels: int, k: int) -> int:
     return (10 if channels == 3 else 3) * k
 
 
-def make(b, channels, k, h, w, dtype=torch.float32, device=DEVICE, seed=0, extreme=False):
-    """params (B, P, H, W), x on the 256-level grid with both edge levels present, and an
+def on_grid(index, levels: int):
+    """Level indices i (a tensor) -> values (2i - (L - 1)) / (L - 1) of the L-level grid."""
+    return (2.0 * index - (levels - 1)) / (levels - 1)
+
+
+def make(b, channels, k, h, w, dtype=torch.float32, device=DEVICE, seed=0, extreme=False,
+         levels=256):
+    """params (B, P, H, W), x on the L-level grid with both edge levels present, and an
     upstream gradient (B,). ``extreme``: log-scales far below the clamp and far above 0,
     means far outside [-1, 1]."""
     gen = torch.Generator().manual_seed(seed)
@@ -43,12 +51,12 @@ def make(b, channels, k, h, w, dtype=torch.float32, device=DEVICE, seed=0, extre
         params[:, ls] = torch.where(which == 0, -30.0, torch.where(which == 1, 12.0,
                                                                    params[:, ls]))
         params[:, k:k + channels * k] *= 40.0
-    levels = torch.randint(0, 256, (b, channels, h, w), generator=gen)
-    levels.view(b, -1)[:, 0] = 0
-    levels.view(b, -1)[:, -1] = 255
+    index = torch.randint(0, levels, (b, channels, h, w), generator=gen)
+    index.view(b, -1)[:, 0] = 0
+    index.view(b, -1)[:, -1] = levels - 1
     if h * w > 2:
-        levels.view(b, -1)[:, 1] = 255
-    x = (2.0 * levels - 255.0) / 255.0
+        index.view(b, -1)[:, 1] = levels - 1
+    x = on_grid(index, levels)
     grad = torch.randn(b, generator=gen, dtype=torch.float64)
     out_dtype = torch.promote_types(dtype, torch.float32)
     return (params.to(device=device, dtype=dtype), x.to(device=device, dtype=torch.float32),
@@ -101,22 +109,78 @@ def test_reference_values():
                                torch.tensor([-math.log(p)], dtype=torch.float64))
 
 
+def test_reference_values_few_levels():
+    """One logistic(m, 1) by hand. L = 2: both levels are edge bins split at 0,
+    p(-1) = sigmoid(-m), p(1) = 1 - sigmoid(-m). L = 3: bins split at -1/2 and 1/2."""
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    m = 0.3
+    params = torch.tensor([0.0, m, 0.0], dtype=torch.float64).view(1, 3, 1, 1)
+    cases = {2: {-1.0: sig(-m), 1.0: 1 - sig(-m)},
+             3: {-1.0: sig(-0.5 - m), 0.0: sig(0.5 - m) - sig(-0.5 - m), 1.0: 1 - sig(0.5 - m)}}
+    for levels, probs in cases.items():
+        for value, p in probs.items():
+            x = torch.full((1, 1, 1, 1), value, dtype=torch.float64)
+            torch.testing.assert_close(dmol_nll_ref(params, x, 1, levels),
+                                       torch.tensor([-math.log(p)], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_backward_ref_matches_autograd(channels, extreme):
-    params, x, grad = make(2, channels, 3, 4, 5, dtype=torch.float64, extreme=extreme)
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_backward_ref_matches_autograd(channels, extreme, levels):
+    params, x, grad = make(2, channels, 3, 4, 5, dtype=torch.float64, extreme=extreme,
+                           levels=levels)
     x = x.double()
-    _, want = run(dmol_nll_ref, params, x, 3, grad)
-    got = dmol_nll_backward_ref(grad, params, x, 3)
+    _, want = run(dmol_nll_ref, params, x, 3, grad, levels=levels)
+    got = dmol_nll_backward_ref(grad, params, x, 3, levels)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_gradcheck_reference(channels):
-    params, x, _ = make(2, channels, 2, 2, 3, dtype=torch.float64, device="cpu")
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_gradcheck_reference(channels, levels):
+    params, x, _ = make(2, channels, 2, 2, 3, dtype=torch.float64, device="cpu", levels=levels)
     assert torch.autograd.gradcheck(
-        lambda p: dmol_nll(p, x.double(), 2, backend="reference"), (params.requires_grad_(),))
+        lambda p: dmol_nll(p, x.double(), 2, levels=levels, backend="reference"),
+        (params.requires_grad_(),))
+
+
+def _all_cells(params, channels: int, levels: int):
+    """Every value (L ** C of them) of one pixel: x (N, C, 1, 1) and params (1, P, 1, 1)
+    repeated N times as a stride-0 batch."""
+    index = torch.cartesian_prod(*[torch.arange(levels)] * channels).view(-1, channels)
+    x = on_grid(index, levels).float().view(-1, channels, 1, 1).to(params.device)
+    return params.expand(len(x), -1, -1, -1), x
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize(("channels", "levels"), [(1, 2), (1, 3), (1, 17), (3, 2), (3, 3)])
+@pytest.mark.parametrize("wide", [True, False])
+def test_probabilities_sum_to_one(backend, channels, levels, wide):
+    """exp(-nll) over all L ** C values of a single pixel sums to 1 (three random models,
+    K = 3). ``wide``: log-scales in [-1, 0.5] and means in [-1, 1], so that no bin's mass
+    falls below 1e-5: exactly 1. Else narrow components, where the density fallback of the
+    inner bins with a mass below 1e-5 (the paper's) moves the sum by less than 1e-5 per level.
+    """
+    k = 3
+    for seed in range(3):
+        params, _, _ = make(1, channels, k, 1, 1, dtype=torch.float64, seed=seed)
+        if wide:
+            gen = torch.Generator().manual_seed(seed)
+            params[:, k:k + channels * k] = torch.rand(1, channels * k, 1, 1, generator=gen,
+                                                       dtype=torch.float64) * 2 - 1
+            params[:, k + channels * k:k + 2 * channels * k] = torch.rand(
+                1, channels * k, 1, 1, generator=gen, dtype=torch.float64) * 1.5 - 1
+        if backend != "reference":
+            params = params.float()
+        p, x = _all_cells(params, channels, levels)
+        total = torch.exp(-dmol_nll(p, x, k, levels=levels, backend=backend)).sum().item()
+        if not wide and levels > 2:
+            tol = 1e-5 * (levels - 2) ** channels
+        else:
+            tol = 1e-12 if params.dtype == torch.float64 else 2e-6
+        assert abs(total - 1.0) < tol, f"seed {seed}: sum of probabilities {total!r}"
 
 
 def test_clamped_log_scale_has_no_gradient():
@@ -152,6 +216,19 @@ def test_kernel_extreme_params(backend, channels):
     got = run(dmol_nll, params, x, 5, grad, backend=backend)
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
     assert_matches(got, want)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("levels", [2, 17, 256])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_kernel_levels_match_reference(backend, channels, levels, extreme):
+    """Forward and gradient for L = 2 (edge bins only), 17 and 256, on an odd shape."""
+    params, x, grad = make(2, channels, 3, 5, 3, seed=levels, extreme=extreme, levels=levels)
+    want = run(dmol_nll_ref, params, x, 3, grad, levels=levels)
+    got = run(dmol_nll, params, x, 3, grad, levels=levels, backend=backend)
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
+    assert_matches(got, want, f"L={levels} C={channels}")
 
 
 @pytest.mark.parametrize("backend", KERNELS)
@@ -210,47 +287,66 @@ def test_sample_kernel_equals_reference(backend, channels, k):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("levels", [2, 17])
+def test_sample_kernel_equals_reference_levels(backend, channels, levels):
+    params, _, _ = make(2, channels, 4, 5, 9, seed=levels)
+    u = uniforms_for(params, channels, levels)
+    want = dmol_sample_ref(params, u, 4, levels)
+    got = dmol_sample(params, 4, uniforms=u, levels=levels, backend=backend)
+    assert got.shape == (2, channels, 5, 9)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("backend", ["reference", *KERNELS])
-def test_sample_generator_and_grid(backend):
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_sample_generator_and_grid(backend, levels):
     params, _, _ = make(2, 3, 4, 5, 6)
-    a = dmol_sample(params, 4, torch.Generator(DEVICE).manual_seed(7), backend=backend)
-    b = dmol_sample(params, 4, torch.Generator(DEVICE).manual_seed(7), backend=backend)
+    a = dmol_sample(params, 4, torch.Generator(DEVICE).manual_seed(7), levels=levels,
+                    backend=backend)
+    b = dmol_sample(params, 4, torch.Generator(DEVICE).manual_seed(7), levels=levels,
+                    backend=backend)
     u = torch.rand(2, 4, 5, 6, generator=torch.Generator(DEVICE).manual_seed(7), device=DEVICE)
     assert torch.equal(a, b) and torch.equal(a, dmol_sample(params, 4, uniforms=u,
-                                                            backend=backend))
+                                                            levels=levels, backend=backend))
     assert a.abs().max() <= 1.0
-    levels = ((a + 1) * 127.5).round()
-    assert torch.equal(a, (2 * levels - 255) / 255)  # exactly the fp32 values of the levels
+    index = ((a + 1) * (levels - 1) / 2).round()
+    assert torch.equal(a, on_grid(index, levels))  # exactly the fp32 values of the levels
+    assert index.min() == 0 and index.max() == levels - 1  # both edge levels are drawn
     # the samples are data the NLL accepts
-    assert torch.isfinite(dmol_nll(params, a, 4, backend=backend)).all()
+    assert torch.isfinite(dmol_nll(params, a, 4, levels=levels, backend=backend)).all()
 
 
-def _simple_model():
+def _simple_model(levels: int = 256):
     """One pixel of a 2-component RGB model whose mass sits on a few dozen (r, g, b) cells:
-    narrow components centred near bin edges, strong R -> G and R, G -> B dependence."""
+    narrow components (a few bins wide at any L) centred near bin edges, strong R -> G and
+    R, G -> B dependence."""
     k = 2
     p = torch.zeros(1, 10 * k, 1, 1, dtype=torch.float64)
     p[0, 0:2, 0, 0] = torch.tensor([0.4, -0.4])  # logits
     p[0, 2:8, 0, 0] = torch.tensor([0.301, -0.5, 0.102, 0.6, 0.21, -0.3])  # means (c, k)
     p[0, 8:14, 0, 0] = torch.tensor([-5.2, -5.6, -5.0, -5.4, -4.9, -5.3])  # log-scales
+    p[0, 8:14, 0, 0] += math.log(255 / (levels - 1))  # the same widths in bins
     p[0, 14:20, 0, 0] = torch.tensor([0.9, -0.7, 0.8, 0.6, -1.1, 0.5])  # raw coefficients
     return p, k
 
 
-def _chi2_against_model(samples, params, k):
+def _chi2_against_model(samples, params, k, levels=256):
     """Pearson chi-square of the (r, g, b) counts of ``samples`` (N, 3) against the model's
     probabilities (cells with expected count < 5 pooled), and its degrees of freedom."""
     keys, counts = torch.unique(samples, dim=0, return_counts=True)
-    lo = samples.amin(0) - 3 * 2 / 255
-    hi = samples.amax(0) + 3 * 2 / 255
-    axes = [torch.arange(round((lo[c].item() + 1) * 127.5), round((hi[c].item() + 1) * 127.5) + 1)
+    half = (levels - 1) / 2
+    lo = ((samples.amin(0) + 1) * half).round().long() - 3  # level indices, 3 levels margin
+    hi = ((samples.amax(0) + 1) * half).round().long() + 3
+    axes = [torch.arange(max(lo[c].item(), 0), min(hi[c].item(), levels - 1) + 1)
             for c in range(3)]
-    grid = torch.cartesian_prod(*axes).double() * 2 / 255 - 1  # (M, 3) candidate cells
+    grid = on_grid(torch.cartesian_prod(*axes).double(), levels)  # (M, 3) candidate cells
     probs = torch.exp(-dmol_nll_ref(params.expand(len(grid), -1, -1, -1),
-                                    grid.view(-1, 3, 1, 1), k))
+                                    grid.view(-1, 3, 1, 1), k, levels))
     assert probs.sum() > 0.999, "the candidate cells must hold the model's mass"
     n = samples.shape[0]
-    idx = torch.searchsorted(_cell_keys(grid), _cell_keys(keys.double()))
+    idx = torch.searchsorted(_cell_keys(grid, levels), _cell_keys(keys.double(), levels))
     observed = torch.zeros(len(grid), dtype=torch.float64)
     observed[idx] = counts.double()
     expected = probs * n
@@ -260,19 +356,21 @@ def _chi2_against_model(samples, params, k):
     return ((obs - exp) ** 2 / exp).sum().item(), int(big.sum())
 
 
-def _cell_keys(cells):
-    levels = torch.round((cells + 1) * 127.5).long()
-    return levels[:, 0] * 65536 + levels[:, 1] * 256 + levels[:, 2]
+def _cell_keys(cells, levels):
+    index = torch.round((cells + 1) * (levels - 1) / 2).long()
+    return (index[:, 0] * levels + index[:, 1]) * levels + index[:, 2]
 
 
 @pytest.mark.parametrize("backend", ["reference", *KERNELS])
-def test_sample_distribution_matches_model(backend):
-    params, k = _simple_model()
+@pytest.mark.parametrize("levels", [256, 17])
+def test_sample_distribution_matches_model(backend, levels):
+    params, k = _simple_model(levels)
     h, w = 100, 200  # 20000 draws of the same pixel, params broadcast (stride 0)
     big = params.float().to(DEVICE).expand(1, -1, h, w)
-    x = dmol_sample(big, k, torch.Generator(DEVICE).manual_seed(0), backend=backend)
+    x = dmol_sample(big, k, torch.Generator(DEVICE).manual_seed(0), levels=levels,
+                    backend=backend)
     samples = x.view(3, -1).t().double().cpu()
-    chi2, df = _chi2_against_model(samples, params, k)
+    chi2, df = _chi2_against_model(samples, params, k, levels)
     bound = df + 6 * math.sqrt(2 * df)  # ~6 sigma: deterministic, far below a wrong sampler
     assert chi2 < bound, f"chi-square {chi2:.1f} with {df} dof >= {bound:.1f}"
     # The same statistic catches a sampler that ignores the R -> G dependence.
@@ -280,8 +378,9 @@ def test_sample_distribution_matches_model(backend):
     wrong[0, 14] = 0.0
     x_wrong = dmol_sample_ref(wrong.float().expand(1, -1, h, w),
                               torch.rand(1, 4, h, w, generator=torch.Generator().manual_seed(0)),
-                              k)
-    chi2_wrong, df_wrong = _chi2_against_model(x_wrong.view(3, -1).t().double(), params, k)
+                              k, levels)
+    chi2_wrong, df_wrong = _chi2_against_model(x_wrong.view(3, -1).t().double(), params, k,
+                                               levels)
     assert chi2_wrong > 10 * (df_wrong + 6 * math.sqrt(2 * df_wrong))
 
 
@@ -388,6 +487,47 @@ def test_bad_input():
         dmol_sample(params, 2, uniforms=torch.rand(2, 4, 3, 4) + 1.0)
 
 
+@pytest.mark.parametrize("fn", ["nll", "sample", "nll_op", "backward_op", "sample_op"])
+def test_bad_levels(fn):
+    params, x, grad = make(2, 1, 2, 3, 4, device="cpu", levels=2)
+    u = uniforms_for(params, 1, 0)
+    call = {
+        "nll": lambda lv: dmol_nll(params, x, 2, levels=lv),
+        "sample": lambda lv: dmol_sample(params, 2, levels=lv),
+        "nll_op": lambda lv: torch.ops.artrt.dmol_nll(params, x, 2, lv, "reference"),
+        "backward_op": lambda lv: torch.ops.artrt.dmol_nll_backward(grad, params, x, 2, lv,
+                                                                    "reference"),
+        "sample_op": lambda lv: torch.ops.artrt.dmol_sample(params, u, 2, lv, "reference"),
+    }[fn]
+    for bad in (1, 0, -256):
+        with pytest.raises(ValueError, match=f"levels must be >= 2.*got {bad}"):
+            call(bad)
+    if fn.endswith("_op"):
+        return  # the schema takes an int: the dispatcher refuses other types itself
+    for bad, name in ((True, "bool"), (256.0, "float"), ("256", "str"), (None, "NoneType")):
+        with pytest.raises(TypeError, match=f"levels must be an int >= 2.*got {name}"):
+            call(bad)
+
+
+def test_x_off_the_level_grid():
+    """x must be on the grid of the L it is scored with, and only that one."""
+    params, _, _ = make(2, 3, 2, 3, 4, device="cpu")
+    x17 = make(2, 3, 2, 3, 4, device="cpu", levels=17)[1]
+    x256 = make(2, 3, 2, 3, 4, device="cpu", seed=1)[1]
+    assert torch.isfinite(dmol_nll(params, x17, 2, levels=17)).all()
+    assert torch.isfinite(dmol_nll(params, x17, 2, levels=33)).all()  # 17 levels lie on 33's
+    with pytest.raises(ValueError, match=r"quantised to the 17 levels \(2i - 16\) / 16 "
+                                         r"of \[-1, 1\] given by levels = L = 17"):
+        dmol_nll(params, x256, 2, levels=17)
+    with pytest.raises(ValueError, match="quantised to the 256 levels"):
+        dmol_nll(params, x17 * 0.5, 2)
+    with pytest.raises(ValueError, match="quantised to the 2 levels"):
+        dmol_nll(params, x17, 2, levels=2)  # 0 and the other inner levels are not levels of 2
+    x2 = make(2, 3, 2, 3, 4, device="cpu", levels=2)[1]
+    assert set(x2.unique().tolist()) == {-1.0, 1.0}
+    assert torch.isfinite(dmol_nll(params, x2, 2, levels=2)).all()
+
+
 # --------------------------------------------------------------------------- torch.library
 
 
@@ -396,14 +536,16 @@ OPCHECK_BACKENDS = ["reference", *KERNELS]
 
 @pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
 @pytest.mark.parametrize("channels", [3, 1])
-def test_opcheck(backend, channels):
-    params, x, grad = make(2, channels, 3, 3, 5)
+@pytest.mark.parametrize("levels", [256, 17])
+def test_opcheck(backend, channels, levels):
+    params, x, grad = make(2, channels, 3, 3, 5, levels=levels)
     torch.library.opcheck(torch.ops.artrt.dmol_nll.default,
-                          (params.requires_grad_(), x, 3, backend))
+                          (params.requires_grad_(), x, 3, levels, backend))
     torch.library.opcheck(torch.ops.artrt.dmol_nll_backward.default,
-                          (grad, params.detach(), x, 3, backend))
+                          (grad, params.detach(), x, 3, levels, backend))
     u = uniforms_for(params, channels, 0)
-    torch.library.opcheck(torch.ops.artrt.dmol_sample.default, (params.detach(), u, 3, backend))
+    torch.library.opcheck(torch.ops.artrt.dmol_sample.default,
+                          (params.detach(), u, 3, levels, backend))
 
 
 @pytest.mark.parametrize("backend", [None, *KERNELS])
