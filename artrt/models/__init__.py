@@ -9,9 +9,11 @@ Interface (every model follows it, so training and sampling treat them alike):
   (B, *shape), values in [0, levels). ``cond`` is None or int64 class labels (B,) in
   [0, num_classes). Both are validated with clear ValueError/TypeError.
 - ``forward(x, cond=None)``: the distribution's parameters, e.g. logits (B, levels, *shape)
-  for a categorical output. The network sees ``artrt.data.to_input(x, levels)`` (floats in
-  [-1, 1]); ``forward_input(v, cond=None)`` takes that float input directly, so the
-  autoregressive property can be checked through the Jacobian.
+  for a categorical output, or the discretized logistic mixture's (B, P, H, W) of
+  :class:`PixelCNNpp` (whose ``sample`` takes (n, 1 + C, H, W) uniforms: one step per
+  pixel). The network sees ``artrt.data.to_input(x, levels)`` (floats in [-1, 1]);
+  ``forward_input(v, cond=None)`` takes that float input directly, so the autoregressive
+  property can be checked through the Jacobian.
 - ``nll(x, cond=None)``: (B,) negative log-likelihood in nats, summed over all dimensions
   (bits per dimension = nll / (dims * ln 2)).
 - ``sample(n, cond=None, *, generator=None, progress=False, uniforms=None)``: (n, *shape)
@@ -31,6 +33,7 @@ from artrt.models.gated_pixelcnn import GatedPixelCNN, GatedPixelCNNConfig
 from artrt.models.made import MADE, MADEConfig
 from artrt.models.multiscale import MultiscalePixelCNN, MultiscalePixelCNNConfig
 from artrt.models.pixelcnn import PixelCNN, PixelCNNConfig
+from artrt.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from artrt.models.transformer import ARTransformer, ARTransformerConfig
 from artrt.models.wavenet import WaveNet, WaveNetConfig
 
@@ -39,6 +42,7 @@ MODELS = {
     "arrnn": (ARRNN, ARRNNConfig),
     "made": (MADE, MADEConfig),
     "pixelcnn": (PixelCNN, PixelCNNConfig),
+    "pixelcnnpp": (PixelCNNpp, PixelCNNppConfig),
     "gated_pixelcnn": (GatedPixelCNN, GatedPixelCNNConfig),
     "wavenet": (WaveNet, WaveNetConfig),
     "transformer": (ARTransformer, ARTransformerConfig),
@@ -48,5 +52,6 @@ MODELS = {
 __all__ = [
     "ARRNN", "ARRNNConfig", "ARTransformer", "ARTransformerConfig", "GatedPixelCNN",
     "GatedPixelCNNConfig", "MADE", "MADEConfig", "MODELS", "MultiscalePixelCNN",
-    "MultiscalePixelCNNConfig", "PixelCNN", "PixelCNNConfig", "WaveNet", "WaveNetConfig",
+    "MultiscalePixelCNNConfig", "PixelCNN", "PixelCNNConfig", "PixelCNNpp", "PixelCNNppConfig",
+    "WaveNet", "WaveNetConfig",
 ]
