@@ -18,8 +18,9 @@ row, column and channel it predicts)::
 
 A class label adds a learned vector to every step's input. Output: a Bernoulli logit per
 step for binary data (returned as the two-level logits (0, l)), a ``levels``-way softmax
-otherwise. ``sample`` steps the LSTM one position at a time with its state carried (no
-recomputation), which gives the same logits as the full forward pass.
+otherwise. ``sample`` (its cache, :class:`artrt.sampling.arrnn.ARRNNCache`) steps the LSTM
+one position at a time with its state carried (no recomputation), which gives the same
+logits as the full forward pass; ``sample(cache=False)`` reruns the full pass per position.
 
 Departures: values enter through a linear map of the [-1, 1] input (not an embedding table),
 so the Jacobian of the logits with respect to the input is defined; ``positional=False``
@@ -33,17 +34,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from artrt.data import to_input
 from artrt.models._common import (
     DiscreteARModel,
     check_config,
-    inverse_cdf,
     level_logits,
     logit_channels,
     raster_steps,
 )
+from artrt.sampling.arrnn import ARRNNCache
 
 
 @dataclass
@@ -71,7 +70,8 @@ class ARRNN(DiscreteARModel):
     ``forward(x, cond=None)``: x int (B, *shape) -> logits (B, levels, *shape).
     ``generation_steps()``: (*shape) int64, the sequence index of each position.
     ``step(prev, t, state=None, cond=None) -> (logits (B, levels), state)``: one step of the
-    recurrence (``prev``: (B,) float input of step t - 1).
+    recurrence (``prev``: (B,) float input of step t - 1). ``new_cache(batch_size,
+    cond=None)``: the sampling cache over ``step``.
     """
 
     name = "ARRNN"
@@ -137,17 +137,10 @@ class ARRNN(DiscreteARModel):
         out, state = self.lstm(self._add_context(e, slice(t, t + 1), cond), state)
         return self._logits(out)[:, :, 0], state
 
-    def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
-              progress: bool, desc: str) -> None:
-        """``sample``'s loop: one LSTM step per position in sequence order, the state carried;
-        x (n, *shape) filled in place from the uniforms u (n, *shape)."""
-        n = x.shape[0]
-        xf, uf = x.view(n, -1), u.reshape(n, -1)
-        state, prev = None, torch.zeros(n, device=x.device)
-        for t, pos in enumerate(tqdm(self.order.tolist(), disable=not progress, desc=desc)):
-            logits, state = self.step(prev, t, state, cond)
-            xf[:, pos] = inverse_cdf(logits, uf[:, pos])
-            prev = to_input(xf[:, pos], self.config.levels)
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> ARRNNCache:
+        """A :class:`artrt.sampling.arrnn.ARRNNCache` (the LSTM state carried from step to
+        step) for ``batch_size`` samples, on the model's device."""
+        return ARRNNCache(self, batch_size, cond)
 
     def extra_repr(self) -> str:
         return f"length={self.length}, positional={self.config.positional}"

@@ -25,7 +25,9 @@ Variables: the D = prod(shape) entries of x, flattened in x's layout. Each mask 
 ``model.resample_masks(generator)`` before each step (a uniformly drawn member of the pool).
 Test: ``nll(x, num_masks=k)`` is -log of the mean likelihood over the first k mask sets (the
 paper's ensemble). Sampling follows the current mask set's ordering (``generation_steps()``);
-resampling the masks before ``sample`` draws from the ensemble, one mask set per call.
+resampling the masks before ``sample`` draws from the ensemble, one mask set per call. The
+cached sampler (:class:`artrt.sampling.made.MADECache`, ``new_cache``) updates the first
+layer's pre-activation by one input column per step and recomputes the later layers.
 
 Output: a Bernoulli logit per variable for binary data (returned as the two-level logits
 (0, l)), a ``levels``-way softmax otherwise; the input is the [-1, 1] value of each variable.
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from artrt.models._common import DiscreteARModel, check_config, level_logits, logit_channels
+from artrt.sampling.made import MADECache
 
 ORDERINGS = ("raster", "random")
 
@@ -87,7 +90,8 @@ class MADE(DiscreteARModel):
     current mask set (``mask_index``). ``generation_steps()``: (*shape) int64, the step of
     each variable in the current ordering, which ``sample`` follows.
     ``resample_masks(generator=None, index=None)``: switch to mask set ``index`` of the
-    pool, or to one drawn uniformly with ``generator``.
+    pool, or to one drawn uniformly with ``generator``. ``new_cache(batch_size, cond=None)``:
+    the incremental sampling cache that ``sample`` runs by default.
     """
 
     name = "MADE"
@@ -171,6 +175,12 @@ class MADE(DiscreteARModel):
         if biases[-1] is not None:
             out = out + biases[-1]
         return level_logits(out.view(b, -1, *self.shape), self.config.levels)
+
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> MADECache:
+        """A :class:`artrt.sampling.made.MADECache` for ``batch_size`` samples under the
+        current mask set (a reset follows the mask set current then), on the model's
+        device."""
+        return MADECache(self, batch_size, cond)
 
     def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None,
             num_masks: int = 1) -> torch.Tensor:

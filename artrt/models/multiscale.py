@@ -18,8 +18,9 @@ resolution, stacked as channels)::
 
 The base, ``(H / 2**S, W / 2**S)``, is a PixelCNN of :class:`artrt.nn.MaskedConv2d` layers
 (mask A, then mask B, R < G < B colour groups), one pixel (sub-pixel) per pass. Sampling
-therefore takes ``C * (H0 * W0 + 3 S)`` passes; with a base of fixed size and
-S = log2(H / H0), that is O(log N).
+(its cache, :class:`artrt.sampling.multiscale.MultiscalePixelCNNCache`) therefore takes
+``C * (H0 * W0 + 3 S)`` passes; with a base of fixed size and S = log2(H / H0), that is
+O(log N). ``sample(cache=False)`` is the plain loop: one full forward pass per sub-pixel.
 
 ``p(x) = p(x_0) * prod_k prod_{g=1..3} p(group g of x_k | x_{k-1}, groups < g of x_k)``,
 every factor a product of per-pixel ``levels``-way softmaxes; ``nll`` is exact.
@@ -39,12 +40,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from artrt.data import to_input
-from artrt.models._common import DiscreteARModel, check_config, inverse_cdf
+from artrt.models._common import DiscreteARModel, check_config
 from artrt.nn import MaskedConv2d
 from artrt.ops.gated import gated_tanh
+from artrt.sampling.multiscale import MultiscalePixelCNNCache
 
 # The 2x2 sub-lattice offsets (a, b) of the four groups of a scale; group 0 is the coarser
 # scale.
@@ -129,7 +129,8 @@ class MultiscalePixelCNN(DiscreteARModel):
     ``forward(x, cond=None)``: x int (B, C, H, W) -> logits (B, levels, C, H, W).
     ``generation_steps()``: (C, H, W) int64, the network pass in which each sub-pixel is
     drawn (sub-pixels of one step are drawn together); ``passes``: how many there are.
-    ``nll`` is exact (see the module docstring); ``sample`` takes ``passes`` network passes.
+    ``nll`` is exact (see the module docstring); ``sample`` takes ``passes`` network passes
+    through ``new_cache(batch_size, cond=None)``, the cache it runs by default.
     """
 
     name = "MultiscalePixelCNN"
@@ -222,30 +223,12 @@ class MultiscalePixelCNN(DiscreteARModel):
                 logits[:, :, ch, rows, cols] = out[q]
         return logits  # (B, L, C, H, W)
 
-    def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
-              progress: bool, desc: str) -> None:
-        """``sample``'s loop, ``passes`` network passes: the base one sub-pixel per pass, then
-        each (group, channel) of each scale in one pass; x (n, C, H, W) filled in place from
-        the uniforms u (n, C, H, W)."""
-        c = self.shape[0]
-        levels = self.config.levels
-        h0, w0 = self.base_size
-        st0 = self._stride(0)
-        base_x, base_u = x[:, :, ::st0, ::st0], u[:, :, ::st0, ::st0]  # views
-        with tqdm(total=self.passes, disable=not progress, desc=desc) as bar:
-            for i in range(h0):
-                for j in range(w0):
-                    for ch in range(c):
-                        logits = self.base(to_input(base_x, levels), cond)[:, :, ch, i, j]
-                        base_x[:, ch, i, j] = inverse_cdf(logits, base_u[:, ch, i, j])
-                        bar.update()
-            for k in range(1, self.config.scales + 1):
-                for q in range(3 * c):
-                    logits = self._scale_logits(k, to_input(x, levels), [q], cond)[0]
-                    ch, rows, cols = self._group_slice(k, q)
-                    x[:, ch, rows, cols] = inverse_cdf(logits.movedim(1, -1),
-                                                       u[:, ch, rows, cols])
-                    bar.update()
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None
+                  ) -> MultiscalePixelCNNCache:
+        """A :class:`artrt.sampling.multiscale.MultiscalePixelCNNCache` (one pass of one
+        network per step: ``passes`` in all) for ``batch_size`` samples, on the model's
+        device."""
+        return MultiscalePixelCNNCache(self, batch_size, cond)
 
     def extra_repr(self) -> str:
         return f"base_size={self.base_size}, scales={self.config.scales}, passes={self.passes}"

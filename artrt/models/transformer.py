@@ -23,8 +23,9 @@ the values of exactly the positions of lower rank::
 
 Departures from the papers: values enter through a linear map of the [-1, 1] input (not a
 token embedding table) so the Jacobian of the logits with respect to the input is defined;
-no dropout. The plain ``sample`` loop reruns the whole network per token (the cached sampler
-over ``CausalSelfAttention.step`` belongs to the sampling issue).
+no dropout. ``sample`` decodes one token per step in generation order against a key/value
+cache (:class:`artrt.sampling.transformer.ARTransformerCache`, over
+``CausalSelfAttention.step``); ``sample(cache=False)`` reruns the whole network per token.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from artrt.models._common import DiscreteARModel, check_config
 from artrt.nn import CausalSelfAttention
 from artrt.ops.attention import random_order, raster_order, zigzag_order
+from artrt.sampling.transformer import ARTransformerCache
 
 ORDERINGS = ("raster", "zigzag", "random")
 
@@ -76,12 +78,13 @@ def token_ranks(shape: tuple[int, int, int], ordering: str, seed: int = 0) -> to
 
 
 class _Block(nn.Module):
-    """Pre-LN transformer block: h + attn(ln(h)), then + mlp(ln(h)). (B, T, dim) both ways."""
+    """Pre-LN transformer block: h + attn(ln(h)), then + mlp(ln(h)). (B, T, dim) both ways.
+    ``layer_idx``: the block's layer of a :class:`artrt.sampling.KVCache` (decode steps)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, layer_idx: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads)
+        self.attn = CausalSelfAttention(dim, heads, layer_idx=layer_idx)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
@@ -97,7 +100,8 @@ class ARTransformer(DiscreteARModel):
 
     ``forward(x, cond=None)``: x int (B, C, H, W) -> logits (B, levels, C, H, W).
     ``generation_steps()``: (C, H, W) int64, the step at which each sub-pixel is drawn;
-    ``sample`` reruns the whole network per token in that order.
+    ``sample`` draws the tokens in that order. ``new_cache(batch_size, cond=None)``: the
+    key/value cache ``sample`` decodes with by default.
     """
 
     name = "ARTransformer"
@@ -125,8 +129,8 @@ class ARTransformer(DiscreteARModel):
         self.start = nn.Parameter(torch.zeros(d))
         self.pos = nn.Parameter(0.02 * torch.randn(self.tokens, d))
         self.class_emb = nn.Embedding(config.num_classes, d) if config.num_classes else None
-        self.blocks = nn.ModuleList(_Block(d, config.heads, config.mlp_ratio)
-                                    for _ in range(config.layers))
+        self.blocks = nn.ModuleList(_Block(d, config.heads, config.mlp_ratio, layer_idx=i)
+                                    for i in range(config.layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.levels)
 
@@ -150,6 +154,12 @@ class ARTransformer(DiscreteARModel):
             e = block(e, order)
         logits = self.head(self.ln_f(e))  # (B, T, L)
         return logits.view(b, h, w, c, -1).permute(0, 4, 3, 1, 2)  # (B, L, C, H, W)
+
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None
+                  ) -> ARTransformerCache:
+        """A :class:`artrt.sampling.transformer.ARTransformerCache` (keys and values of every
+        layer, one token per step) for ``batch_size`` samples, on the model's device."""
+        return ARTransformerCache(self, batch_size, cond)
 
     def extra_repr(self) -> str:
         return f"tokens={self.tokens}, ordering={self.config.ordering!r}"
