@@ -18,7 +18,6 @@ from tests.models.common import (
     assert_cached_sampling_exact,
     labels,
 )
-from tests.models.conftest import one_thread  # noqa: F401  (autouse: one CPU thread)
 
 CONFIGS = [((1, 3, 4), 2, 0, (24,)), ((3, 2, 2), 5, 3, (20, 16)), ((2, 5), 17, 0, (32, 8))]
 

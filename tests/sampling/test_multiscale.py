@@ -19,7 +19,6 @@ from tests.models.common import (
     assert_cached_sampling_exact,
     labels,
 )
-from tests.models.conftest import one_thread  # noqa: F401  (autouse: one CPU thread)
 
 SMALL = {"base_channels": 6, "base_layers": 1, "channels": 8, "layers": 1}
 CONFIGS = [((1, 8, 8), 5, 0, 2), ((3, 4, 4), 4, 3, 1), ((2, 4, 8), 3, 0, 2), ((1, 3, 3), 4, 0, 0)]

@@ -15,14 +15,6 @@ from artrt.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from artrt.sampling.pixelcnnpp import PixelCNNppCache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(shape=(1, 5, 6), levels=256, num_classes=0, **kw) -> PixelCNNpp:
     torch.manual_seed(0)
     kw = {"channels": 4, "blocks": 1, "stages": 2, "num_mix": 2, "dropout": 0.0, **kw}

@@ -18,7 +18,6 @@ from tests.models.common import (
     assert_cached_sampling_exact,
     labels,
 )
-from tests.models.conftest import one_thread  # noqa: F401  (autouse: one CPU thread)
 
 ORDERINGS = ["raster", "zigzag", "random"]
 CONFIGS = [((1, 3, 4), 5, 0), ((3, 2, 3), 4, 3)]
