@@ -32,4 +32,39 @@ cudaError_t gated_fwd(const GatedArgs& args, void* out, cudaStream_t stream);
 cudaError_t gated_bwd(const GatedArgs& args, const void* grad_out, void* grad_x,
                       cudaStream_t stream);
 
+// One WaveNet generation step of every layer (Fast WaveNet), see wavenet_step.cu. Weights
+// (dtype) are contiguous and input-major: in_w (K, R), conv_w (L, K R + Cc, 2G), out_w
+// (L, G, R + S), head_w1 (S, S), head_w2 (S, V); meta (L, 2) int32 holds each layer's
+// dilation and ring offset in a state row. state (B, state_size) float32, tokens (B, T)
+// int64 and u (B, T) float32 are contiguous; cond (B, Cc, cond_length) float32 is read
+// through (sc_b, sc_c, sc_t) (column 0 when cond_length == 1, else column t); logits
+// (B, V) float32 or nullptr. The position is t = *step + offset (step may be nullptr).
+struct WaveNetStepArgs {
+  const void* start;
+  const void* in_w;
+  const void* in_b;
+  const void* conv_w;
+  const void* conv_b;
+  const void* out_w;
+  const void* out_b;
+  const void* head_w1;
+  const void* head_b1;
+  const void* head_w2;
+  const void* head_b2;
+  const int32_t* meta;
+  float* state;
+  int64_t* tokens;
+  const float* u;
+  const int64_t* step;
+  const float* cond;
+  float* logits;
+  int64_t batch, length, state_size, layers, res, gate, skip, kernel_size, cond_channels,
+      cond_length, levels;
+  int64_t sc_b, sc_c, sc_t;
+  int64_t offset;
+  DType dtype;
+};
+
+cudaError_t wavenet_step(const WaveNetStepArgs& args, cudaStream_t stream);
+
 }  // namespace artrt

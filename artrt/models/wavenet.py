@@ -26,9 +26,14 @@ learned (cond_channels, T) table fed to every block as local conditioning, so th
 knows the row, column and channel of the step it predicts. A class label adds a learned
 (cond_channels,) vector to it (or is the global conditioning alone, without the table).
 
+Sampling: ``sample(cache=True)`` (the default) runs the Fast WaveNet sampler of
+:mod:`artrt.sampling.wavenet` (Paine et al., 2016): one ring buffer of (K-1) d past inputs
+per layer, one step of every layer per sample (one kernel launch on CUDA, replayed from a
+captured CUDA graph), O(layers) work per sample; ``cache=False`` keeps the plain loop, which
+reruns the whole network per step. Both give the same samples for the same uniforms.
+
 Departures: no local conditioning on linguistic features; the positional encoding is learned
-rather than fixed; the plain ``sample`` loop reruns the whole network per step (the cached
-queue sampler belongs to the sampling issue).
+rather than fixed.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from torch import nn
 
 from artrt.models._common import DiscreteARModel, check_config
 from artrt.nn import CausalConv1d, WaveNetBlock
+from artrt.sampling.cache import ARCache
+from artrt.sampling.wavenet import WaveNetCache
 
 
 @dataclass
@@ -71,7 +78,10 @@ class WaveNet(DiscreteARModel):
     ``forward(x, cond=None)``: x int (B, *shape) -> logits (B, levels, *shape).
     ``generation_steps()``: (*shape) int64, the sequence index of each position.
     ``receptive_field``: R, the output at step t sees steps t - R .. t - 1.
-    ``sample``: one step per network pass in sequence order.
+    ``sample``: in sequence order; cached (Fast WaveNet, :meth:`new_cache`) by default, one
+    network pass per step with ``cache=False``.
+    ``new_cache(batch_size, cond=None, cuda_graph=True)``: a
+    :class:`artrt.sampling.wavenet.WaveNetCache`.
     """
 
     name = "WaveNet"
@@ -126,6 +136,22 @@ class WaveNet(DiscreteARModel):
         logits = self.head(skips)  # (B, L, T)
         spatial = self.shape[1:]
         return logits.view(b, -1, *spatial, self.shape[0]).movedim(-1, 2)  # (B, L, *shape)
+
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None, *,
+                  cuda_graph: bool = True) -> WaveNetCache:
+        """A Fast WaveNet sampling cache (:class:`artrt.sampling.wavenet.WaveNetCache`) for
+        ``batch_size`` sequences with labels ``cond`` (B,); ``cuda_graph=False`` makes its
+        sampler launch one kernel per step instead of replaying captured CUDA graphs."""
+        return WaveNetCache(self, batch_size, cond, cuda_graph=cuda_graph)
+
+    def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
+                     desc: str) -> None:
+        """Fill x (n, *shape) from the uniforms u through a WaveNetCache's own sampler (the
+        step op draws every position; CUDA graphs on CUDA), else through the protocol."""
+        if not isinstance(cache, WaveNetCache):
+            super()._draw_cached(cache, x, u, progress, desc)
+            return
+        x.copy_(cache.draw(u, progress, desc))
 
     def extra_repr(self) -> str:
         return (f"length={self.length}, receptive_field={self.receptive_field}, "

@@ -73,16 +73,21 @@ def assert_nll_is_sum_of_steps(model, x, cond=None) -> None:
 
 def assert_sampling(model, n: int, cond=None) -> torch.Tensor:
     """Shape, dtype and range; the same samples for the same generator seed and for the
-    uniforms that seed draws; eval mode inside the loop and the training flag restored."""
+    uniforms that seed draws; eval mode inside both loops (plain and cached: no module runs
+    in training mode; a cache may read packed weights and call no module at all) and the
+    training flag restored."""
     shape, levels = tuple(model.config.shape), model.config.levels
-    modes = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: modes.append(m.training))
-             for m in model.modules()]
-    model.train()
-    a = model.sample(n, cond, generator=torch.Generator().manual_seed(3))
-    for hook in hooks:
-        hook.remove()
-    assert model.training and modes and not any(modes)
+    modes = {True: [], False: []}
+    for cache in (False, True):
+        seen = modes[cache]
+        hooks = [m.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(m.training))
+                 for m in model.modules()]
+        model.train()
+        a = model.sample(n, cond, cache=cache, generator=torch.Generator().manual_seed(3))
+        for hook in hooks:
+            hook.remove()
+        assert model.training and not any(modes[cache])
+    assert modes[False]  # the plain loop runs the network
     assert a.shape == (n, *shape) and a.dtype == torch.int64
     assert a.min() >= 0 and a.max() < levels
     b = model.sample(n, cond, generator=torch.Generator().manual_seed(3))
