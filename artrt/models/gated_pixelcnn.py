@@ -17,6 +17,10 @@ Output: a Bernoulli logit per sub-pixel for binary data (returned as the two-lev
 ``num_classes > 0``: ``cond`` (B,) labels, one-hot encoded and fed to every layer as its
 conditioning bias (``V^T h`` of the paper, one linear map per layer).
 
+Sampling: ``sample`` runs :class:`artrt.sampling.pixelcnn.GatedPixelCNNCache` (``new_cache``)
+by default, which recomputes only what depends on the newest sub-pixel (Fast PixelCNN);
+``sample(cache=False)`` reruns the full network per sub-pixel.
+
 Departures: the first layer's kernel (``kernel_size``, default 7) differs from the others'
 (``layer_kernel_size``, default 3), as in PixelCNN; the colour path of the head above
 replaces the paper's channel-split stacks.
@@ -33,6 +37,7 @@ from torch import nn
 from artrt.models._common import DiscreteARModel, check_config, grouped_logits, logit_channels
 from artrt.nn.gated_pixelcnn import GatedPixelCNNLayer
 from artrt.nn.masked_conv import MaskedConv2d
+from artrt.sampling.cache import ARCache
 
 
 @dataclass
@@ -98,6 +103,14 @@ class GatedPixelCNN(DiscreteARModel):
         if self.colour is not None:
             hidden = hidden + self.colour(v)
         return grouped_logits(self.out(F.relu(hidden)), self.config.levels)
+
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> ARCache:
+        """A fresh :class:`artrt.sampling.pixelcnn.GatedPixelCNNCache` for ``batch_size`` samples
+        (cond: (batch_size,) int64 labels when class-conditional), on the model's device;
+        it reads the weights at every step."""
+        from artrt.sampling.pixelcnn import GatedPixelCNNCache  # it imports artrt.models
+
+        return GatedPixelCNNCache(self, batch_size, cond)
 
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNConfig"]

@@ -22,6 +22,10 @@ it as the two-level logits (0, l), the layout every model of :mod:`artrt.models`
 makes it class-conditional: a learned per-class bias on every masked convolution (the
 "one-hot label fed as a bias" of Conditional PixelCNN).
 
+Sampling: ``sample`` runs :class:`artrt.sampling.pixelcnn.PixelCNNCache` (``new_cache``)
+by default, which recomputes only what depends on the newest sub-pixel (Fast PixelCNN);
+``sample(cache=False)`` reruns the full network per sub-pixel.
+
 Departures: the 1x1 convolutions are mask-B :class:`artrt.nn.MaskedConv2d` (plain 1x1 for
 one channel, colour-grouped for RGB) instead of separate per-colour layers; colour groups are
 contiguous channel blocks (the output of channel c, level l is channel ``c * K + l``).
@@ -37,6 +41,7 @@ from torch import nn
 
 from artrt.models._common import DiscreteARModel, check_config, grouped_logits, logit_channels
 from artrt.nn.masked_conv import MaskedConv2d
+from artrt.sampling.cache import ARCache
 
 
 @dataclass
@@ -121,6 +126,14 @@ class PixelCNN(DiscreteARModel):
         for block in self.blocks:
             h = block(h, cond)
         return grouped_logits(self.out(F.relu(self.head(F.relu(h)))), self.config.levels)
+
+    def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> ARCache:
+        """A fresh :class:`artrt.sampling.pixelcnn.PixelCNNCache` for ``batch_size`` samples
+        (cond: (batch_size,) int64 labels when class-conditional), on the model's device;
+        it reads the weights at every step."""
+        from artrt.sampling.pixelcnn import PixelCNNCache  # it imports artrt.models
+
+        return PixelCNNCache(self, batch_size, cond)
 
 
 __all__ = ["PixelCNN", "PixelCNNConfig"]
