@@ -48,6 +48,16 @@ def _driver_version() -> str:
         return "unknown"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment(device: str) -> dict[str, str]:
     """Device name, driver and library versions, date: stored with every result."""
     try:
@@ -58,7 +68,7 @@ def environment(device: str) -> dict[str, str]:
         triton_version = "not installed"
     on_gpu = device.startswith("cuda")
     return {
-        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if on_gpu else _cpu_name(),
         "driver": _driver_version() if on_gpu else "none",
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",

@@ -28,7 +28,7 @@ def test_readme_python_examples(index):
 
 def test_readme_commands_exist():
     assert 'pip install -e ".[test,data]" && pytest' in README
-    assert "artrt info && artrt demo" in README
+    assert 'pip install -e ".[data]" && artrt info && artrt demo' in README
 
 
 def test_cli_info():
@@ -37,10 +37,15 @@ def test_cli_info():
     assert "torch" in r.stdout and "cpu: reference : available" in r.stdout
 
 
-def test_cli_demo():
-    r = _run("-m", "artrt", "demo")
+def test_cli_demo(tmp_path):
+    """The kernel check, then a short training run: a test nll and a PNG of samples."""
+    r = _run("-m", "artrt", "demo", "--steps", "30", "--out", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "reference" in r.stdout and "MISMATCH" not in r.stdout
+    nll = float(re.search(r"test nll ([0-9.]+) nats", r.stdout).group(1))
+    assert 0 < nll < 784 * 0.7  # below a fair coin per pixel after 30 steps
+    png = (tmp_path / "demo" / "samples.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
 
 
 def test_bench_smoke(tmp_path):
