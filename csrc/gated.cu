@@ -2,30 +2,14 @@
 //   tanh gate:    y = tanh(a) sigmoid(b),  a, b = halves of (x + cond) along channels
 //   sigmoid gate: y = a sigmoid(b)
 // One thread per output element, math in fp32, backward recomputes the activations.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "artrt.h"
+#include "device_utils.cuh"
 
 namespace artrt {
 namespace {
 
 // 256 threads: full occupancy on sm_80/sm_90 for a kernel of this register count.
 constexpr int kThreads = 256;
-
-template <typename T> __device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
 
@@ -125,12 +109,9 @@ cudaError_t launch(const GatedArgs& p, const void* grad_out, void* dst, cudaStre
 }
 
 cudaError_t dispatch(const GatedArgs& p, const void* grad_out, void* dst, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kFloat32: return launch<float>(p, grad_out, dst, stream);
-    case DType::kFloat16: return launch<__half>(p, grad_out, dst, stream);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(p, grad_out, dst, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(p.dtype, [&](auto storage) {
+    return launch<typename decltype(storage)::type>(p, grad_out, dst, stream);
+  });
 }
 
 }  // namespace

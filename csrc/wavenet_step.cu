@@ -24,12 +24,10 @@
 // the batch until every SM holds a block (B ~ number of SMs), then goes in waves. A
 // persistent grid that keeps the weights resident in shared memory/registers across SMs and
 // synchronises per layer would remove the per-step weight stream for small batches.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 
 #include "artrt.h"
+#include "device_utils.cuh"
 
 namespace artrt {
 namespace {
@@ -37,13 +35,6 @@ namespace {
 // 256 threads: 2G = 256 (R = 128) and levels = 256 give every thread one column of the
 // widest products; narrower products leave threads idle rather than splitting rows.
 constexpr int kThreads = 256;
-
-template <typename T> __device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
 
@@ -238,12 +229,9 @@ cudaError_t launch(const WaveNetStepArgs& p, cudaStream_t stream) {
 
 cudaError_t wavenet_step(const WaveNetStepArgs& args, cudaStream_t stream) {
   if (args.batch == 0) return cudaSuccess;
-  switch (args.dtype) {
-    case DType::kFloat32: return launch<float>(args, stream);
-    case DType::kFloat16: return launch<__half>(args, stream);
-    case DType::kBFloat16: return launch<__nv_bfloat16>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(args.dtype, [&](auto storage) {
+    return launch<typename decltype(storage)::type>(args, stream);
+  });
 }
 
 }  // namespace artrt

@@ -185,8 +185,9 @@ class DiscreteARModel(nn.Module):
     """The :mod:`artrt.models` interface over a subclass's ``forward_input(v, cond)`` and
     ``generation_steps()`` (raster unless overridden): ``forward`` checks the integer levels
     and maps them to the [-1, 1] input, ``nll`` is the categorical nll of the logits,
-    ``sample`` checks its arguments, draws the uniforms and runs ``_draw`` (by default the
-    plain loop: one full network pass per position) in sampling mode. A subclass sets
+    ``sample`` checks its arguments, draws the uniforms (``_uniforms_shape()`` per sample)
+    and runs ``_draw`` (by default the plain loop: one full network pass per position) in
+    sampling mode. A subclass sets
     ``name`` and keeps ``self.config`` (shape, levels, num_classes) and ``self.shape``."""
 
     name = "DiscreteARModel"
@@ -215,15 +216,19 @@ class DiscreteARModel(nn.Module):
         for ``batch_size`` samples, on the model's device."""
         raise NotImplementedError(f"{self.name} has no incremental sampling cache")
 
+    def _uniforms_shape(self) -> tuple[int, ...]:
+        """The uniforms of one sample: by default ``shape``, one per position."""
+        return tuple(self.shape)
+
     def sample(self, n: int, cond: torch.Tensor | None = None, *,
                cache: bool | ARCache = True, generator: torch.Generator | None = None,
                progress: bool = False, uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, *shape) int64: positions in ``generation_steps()`` order, each drawn by the
-        inverse CDF of its logits at its uniform; ``uniforms`` (n, *shape) in [0, 1), else
-        drawn from ``generator``. ``cache``: True runs the incremental sampler
-        (:meth:`new_cache`), False the plain loop (one full network pass per step), a cache
-        object from :meth:`new_cache` reuses it (reset first); both give the same samples for
-        the same uniforms."""
+        """(n, *shape) int64: positions in ``generation_steps()`` order, each drawn at its
+        uniforms (by default by the inverse CDF of its logits); ``uniforms`` (n,
+        *_uniforms_shape()) in [0, 1), else drawn from ``generator``. ``cache``: True runs
+        the incremental sampler (:meth:`new_cache`), False the plain loop (one full network
+        pass per step), a cache object from :meth:`new_cache` reuses it (reset first); both
+        give the same samples for the same uniforms."""
         name = f"{self.name}.sample"
         device = next(self.parameters()).device
         if isinstance(cache, ARCache):
@@ -231,7 +236,7 @@ class DiscreteARModel(nn.Module):
         elif not isinstance(cache, bool):
             raise TypeError(f"{name}: cache must be True, False or a cache from new_cache(), "
                             f"got {type(cache).__name__}")
-        u = draw_uniforms(name, n, self.shape, generator, uniforms, device)
+        u = draw_uniforms(name, n, self._uniforms_shape(), generator, uniforms, device)
         check_cond(name, cond, n, self.config.num_classes)
         x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
         with sampling_mode(self):

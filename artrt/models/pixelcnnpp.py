@@ -59,11 +59,8 @@ from tqdm.auto import tqdm
 from artrt.data import from_input, to_input
 from artrt.models._common import (
     DiscreteARModel,
-    check_cond,
     check_config,
     check_data,
-    draw_uniforms,
-    sampling_mode,
 )
 from artrt.nn.masked_conv import DownRightShiftedConv2d, DownShiftedConv2d
 from artrt.ops.dmol import dmol_nll, dmol_sample
@@ -298,37 +295,11 @@ class PixelCNNpp(DiscreteARModel):
         c, h, w = self.shape
         return torch.arange(h * w).view(1, h, w).expand(c, h, w).contiguous()
 
-    def sample(self, n: int, cond: torch.Tensor | None = None, *,
-               cache: bool | ARCache = True, generator: torch.Generator | None = None,
-               progress: bool = False, uniforms: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, C, H, W) int64 levels, drawn pixel by pixel in raster order by
-        :func:`artrt.dmol_sample` (every channel of a pixel at once). ``uniforms``:
-        (n, 1 + C, H, W) in [0, 1) (per pixel, the component's uniform, then one per channel:
-        dmol_sample's layout), else drawn from ``generator``. ``cache``: True runs
-        :meth:`new_cache`'s cache, False the plain loop (one full pass per pixel), a cache
-        from :meth:`new_cache` reuses it (reset first); the same uniforms give the same
-        samples."""
-        name = f"{self.name}.sample"
-        device = self.out.weight.device
-        if isinstance(cache, ARCache):
-            cache.check_for(self, n)
-        elif not isinstance(cache, bool):
-            raise TypeError(f"{name}: cache must be True, False or a cache from new_cache(), "
-                            f"got {type(cache).__name__}")
+    def _uniforms_shape(self) -> tuple[int, ...]:
+        """(1 + C, H, W): per pixel the component's uniform, then one per channel (the layout
+        of :func:`artrt.dmol_sample`, which draws every channel of a pixel at once)."""
         c, h, w = self.shape
-        u = draw_uniforms(name, n, (1 + c, h, w), generator, uniforms, device)
-        check_cond(name, cond, n, self.config.num_classes)
-        x = torch.zeros((n, c, h, w), dtype=torch.int64, device=device)
-        with sampling_mode(self):
-            if cache is False:
-                self._draw(x, u, cond, progress, name)
-            else:
-                if cache is True:
-                    cache = self.new_cache(n, cond)
-                else:
-                    cache.reset(cond)
-                self._draw_cached(cache, x, u, progress, name)
-        return x
+        return (1 + c, h, w)
 
     def _pixel(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """params (n, P), u (n, 1 + C) -> (n, C) int64 levels of one pixel."""

@@ -94,10 +94,32 @@ def _step_logits(out: torch.Tensor, levels: int, c: int) -> torch.Tensor:
     return grouped_logits(out, levels)[:, :, c, :, 0].float()
 
 
-def _raster_where(step: int, channels: int, width: int) -> tuple[int, int, int]:
-    """(c, i, j) of a raster / RGB step (see ``artrt.models._common.raster_steps``)."""
-    pixel, c = divmod(step, channels)
-    return (c, *divmod(pixel, width))
+class _ImageCache(ARCache):
+    """What both caches share: the input image as a zero-padded buffer ``_image`` (B, C,
+    H + p, W + 2p), p of the first layer (pixel (i, j) at [i + p, j + p]), and the raster /
+    RGB sub-pixel (c, i, j) of each step (see ``artrt.models._common.raster_steps``)."""
+
+    def _reset_image(self, like: torch.Tensor, p: int) -> dict:
+        """A zero image buffer in ``like``'s dtype and device; returns those as keyword
+        arguments of ``torch.zeros`` for the other buffers."""
+        c, height, width = self._dims = tuple(self.model.shape)
+        zeros = {"dtype": like.dtype, "device": like.device}
+        self._p = p
+        self._image = torch.zeros((self.batch_size, c, height + p, width + 2 * p), **zeros)
+        return zeros
+
+    def _where(self) -> tuple[int, int, int]:
+        """(c, i, j) of the current step."""
+        pixel, c = divmod(self.step, self._dims[0])
+        return (c, *divmod(pixel, self._dims[2]))
+
+    def _write(self, values: torch.Tensor) -> tuple[int, int, int]:
+        """Write the step's pushed levels (B, 1) into the image buffer; returns (c, i, j)."""
+        c, i, j = self._where()
+        p = self._p
+        self._image[:, c, i + p, j + p] = to_input(values[:, 0], self.levels).to(
+            self._image.dtype)
+        return c, i, j
 
 
 # --------------------------------------------------------------------------- PixelCNN
@@ -114,7 +136,7 @@ class _Block:
     buf: torch.Tensor  # (B, h, H + p, W + 2p): conv input, pixel (i, j) at [i + p, j + p]
 
 
-class PixelCNNCache(ARCache):
+class PixelCNNCache(_ImageCache):
     """Incremental sampling state of an :class:`artrt.models.PixelCNN`; see the module
     docstring. ``PixelCNNCache(model, batch_size, cond=None)``, or ``model.new_cache``.
 
@@ -125,13 +147,10 @@ class PixelCNNCache(ARCache):
 
     def _reset(self, cond: torch.Tensor | None) -> None:
         m = self.model
-        c, height, width = m.shape
+        _, height, width = m.shape
         b = self.batch_size
-        zeros = {"dtype": m.first.weight.dtype, "device": m.first.weight.device}
-        self._dims = (c, height, width)
+        zeros = self._reset_image(m.first.weight, m.first.kernel_size[0] // 2)
         self._first_mask = _window_mask(m.first)
-        p = self._p = m.first.kernel_size[0] // 2
-        self._image = torch.zeros((b, c, height + p, width + 2 * p), **zeros)
         self._blocks = []
         for blk in m.blocks:
             q = blk.conv.kernel_size[0] // 2
@@ -163,7 +182,7 @@ class PixelCNNCache(ARCache):
 
     def _logits(self) -> torch.Tensor:
         m = self.model
-        c, i, j = _raster_where(self.step, self._dims[0], self._dims[2])
+        c, i, j = self._where()
         if self._x_step != self.step:
             self._x, self._x_step = self._pixel(i, j), self.step
         # the model's own 1x1 head layers on the pixel, a 1 x 1 image
@@ -171,10 +190,7 @@ class PixelCNNCache(ARCache):
         return _step_logits(out, self.levels, c)
 
     def _push(self, values: torch.Tensor) -> None:
-        c, i, j = _raster_where(self.step, self._dims[0], self._dims[2])
-        p = self._p
-        self._image[:, c, i + p, j + p] = to_input(values[:, 0], self.levels).to(
-            self._image.dtype)
+        c, i, j = self._write(values)
         # the pixel's activations do not depend on its last channel (mask A): if this step's
         # logits ran, the buffers at (i, j) are final already
         if c == self._dims[0] - 1 and self._x_step != self.step:
@@ -195,7 +211,7 @@ class _GatedRows:
     h_row: torch.Tensor | None  # (B, Cin, 1, W + p): horizontal input of the current row
 
 
-class GatedPixelCNNCache(ARCache):
+class GatedPixelCNNCache(_ImageCache):
     """Incremental sampling state of an :class:`artrt.models.GatedPixelCNN`; see the module
     docstring. ``GatedPixelCNNCache(model, batch_size, cond=None)``, or ``model.new_cache``.
 
@@ -208,14 +224,11 @@ class GatedPixelCNNCache(ARCache):
 
     def _reset(self, cond: torch.Tensor | None) -> None:
         m = self.model
-        c, height, width = m.shape
+        width = m.shape[2]
         b = self.batch_size
-        zeros = {"dtype": m.head.weight.dtype, "device": m.head.weight.device}
-        self._dims = (c, height, width)
+        zeros = self._reset_image(m.head.weight, m.layers[0].kernel_size // 2)
         self._label = (None if cond is None else F.one_hot(
             cond, m.config.num_classes).to(zeros["dtype"]))  # (B, classes)
-        p = self._p = m.layers[0].kernel_size // 2
-        self._image = torch.zeros((b, c, height + p, width + 2 * p), **zeros)
         self._rows = []
         for n, layer in enumerate(m.layers):
             q, cin = layer.kernel_size // 2, layer.in_channels
@@ -279,7 +292,7 @@ class GatedPixelCNNCache(ARCache):
 
     def _logits(self) -> torch.Tensor:
         m = self.model
-        c, i, j = _raster_where(self.step, self._dims[0], self._dims[2])
+        c, i, j = self._where()
         if self._h_pixel != i * self._dims[2] + j:
             self._horizontal(i, j)
         # the model's own head layers on the pixel, a 1 x 1 image
@@ -290,11 +303,8 @@ class GatedPixelCNNCache(ARCache):
         return _step_logits(m.out(F.relu(hidden)), self.levels, c)
 
     def _push(self, values: torch.Tensor) -> None:
-        c, i, j = _raster_where(self.step, self._dims[0], self._dims[2])
+        c, i, j = self._write(values)
         channels, height, width = self._dims
-        p = self._p
-        self._image[:, c, i + p, j + p] = to_input(values[:, 0], self.levels).to(
-            self._image.dtype)
         if c < channels - 1:
             return
         if j < width - 1 and self._h_pixel != i * width + j:

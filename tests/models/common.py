@@ -121,11 +121,13 @@ def assert_training_lowers_loss(model, x, cond=None, steps: int = 20, lr: float 
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def assert_bad_inputs(model) -> None:
+def assert_bad_inputs(model, uniforms_shape: tuple[int, ...] | None = None) -> None:
     """Clear errors for wrong types, shapes, value ranges, labels and sampling arguments;
-    uint8 levels (the data sets' dtype) are accepted, up to 255."""
+    uint8 levels (the data sets' dtype) are accepted, up to 255. uniforms_shape: a sample's
+    uniforms, by default one per position (``config.shape``)."""
     cfg = model.config
     shape, levels = tuple(cfg.shape), cfg.levels
+    u_shape = shape if uniforms_shape is None else tuple(uniforms_shape)
     x = torch.zeros((2, *shape), dtype=torch.int64)
     cond = torch.zeros(2, dtype=torch.int64) if cfg.num_classes else None
     top = torch.full_like(x, min(levels, 256) - 1)
@@ -148,9 +150,9 @@ def assert_bad_inputs(model) -> None:
     with pytest.raises(ValueError, match="n must be"):
         model.sample(0, cond)
     with pytest.raises(ValueError, match="uniforms must have shape"):
-        model.sample(2, cond, uniforms=torch.rand(3, *shape))
+        model.sample(2, cond, uniforms=torch.rand(3, *u_shape))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        model.sample(2, cond, uniforms=torch.ones(2, *shape))
+        model.sample(2, cond, uniforms=torch.ones(2, *u_shape))
     if cfg.num_classes:
         with pytest.raises(ValueError, match="labels must be in"):
             model.nll(x, torch.tensor([0, cfg.num_classes]))
@@ -198,6 +200,14 @@ def labels(model, n: int) -> torch.Tensor | None:
     """n class labels for a conditional model (None for an unconditional one)."""
     k = model.config.num_classes
     return torch.tensor([3, 7, 0, 5] * n)[:n] % k if k else None
+
+
+def cache_batch(model, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n random inputs of ``model`` from a generator seeded with ``seed``, (n, *shape) int64,
+    and their :func:`labels`."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.levels, (n, *cfg.shape), generator=g), labels(model, n)
 
 
 def assert_nll_and_sampling(model, cond=None) -> torch.Tensor:

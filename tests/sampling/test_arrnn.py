@@ -14,6 +14,7 @@ from tests.models.common import (
     assert_cache_bad_inputs,
     assert_cache_matches_forward,
     assert_cached_sampling_exact,
+    cache_batch,
     labels,
 )
 
@@ -26,16 +27,10 @@ def small(shape, levels, num_classes, layers, positional) -> ARRNN:
                              positional=positional))
 
 
-def batch(model, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cfg = model.config
-    x = torch.randint(0, cfg.levels, (n, *cfg.shape), generator=torch.Generator().manual_seed(1))
-    return x, labels(model, n)
-
-
 @pytest.mark.parametrize("shape,levels,num_classes,layers,positional", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, layers, positional):
     model = small(shape, levels, num_classes, layers, positional)
-    x, cond = batch(model, 3)
+    x, cond = cache_batch(model, 3)
     assert isinstance(model.new_cache(3, cond), ARRNNCache)
     assert_cache_matches_forward(model, x, cond)
 
@@ -50,7 +45,7 @@ def test_one_lstm_step_per_generation_step():
     """Every LSTM call takes one time step; a whole teacher-forced pass makes D of them (one
     at reset, one per push but the last), and the carried state has the LSTM's shape."""
     model = small((3, 2, 2), 4, 0, 2, True).eval()
-    x, _ = batch(model, 2)
+    x, _ = cache_batch(model, 2)
     lengths = []
     hook = model.lstm.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]))
     with torch.no_grad():
@@ -80,5 +75,5 @@ def test_plain_loop_is_full_passes():
 @pytest.mark.parametrize("num_classes", [0, 4])
 def test_cache_bad_inputs(num_classes):
     model = small((1, 3, 3), 4, num_classes, 1, True)
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     assert_cache_bad_inputs(model, x, cond)

@@ -16,6 +16,7 @@ from tests.models.common import (
     assert_cache_bad_inputs,
     assert_cache_matches_forward,
     assert_cached_sampling_exact,
+    cache_batch,
     labels,
 )
 
@@ -27,17 +28,11 @@ def small(shape, levels, num_classes, hidden, **kw) -> MADE:
     return MADE(MADEConfig(shape, levels, num_classes, hidden=hidden, **kw))
 
 
-def batch(model, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cfg = model.config
-    x = torch.randint(0, cfg.levels, (n, *cfg.shape), generator=torch.Generator().manual_seed(1))
-    return x, labels(model, n)
-
-
 @pytest.mark.parametrize("ordering", ["raster", "random"])
 @pytest.mark.parametrize("shape,levels,num_classes,hidden", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, hidden, ordering):
     model = small(shape, levels, num_classes, hidden, num_masks=3, ordering=ordering)
-    x, cond = batch(model, 3)
+    x, cond = cache_batch(model, 3)
     for index in (0, 2):
         model.resample_masks(index=index)
         cache = model.new_cache(3, cond)
@@ -84,7 +79,7 @@ def test_first_layer_is_incremental(monkeypatch):
     model = small(shape, levels, 2, hidden, num_masks=2, ordering="random").eval()
     model.resample_masks(index=1)
     d = 15
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     weights = []
     linear = F.linear
 
@@ -113,5 +108,5 @@ def test_first_layer_is_incremental(monkeypatch):
 @pytest.mark.parametrize("num_classes", [0, 4])
 def test_cache_bad_inputs(num_classes):
     model = small((1, 3, 3), 4, num_classes, (16,), num_masks=2)
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     assert_cache_bad_inputs(model, x, cond)

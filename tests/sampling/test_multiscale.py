@@ -17,6 +17,7 @@ from tests.models.common import (
     assert_cache_bad_inputs,
     assert_cache_matches_forward,
     assert_cached_sampling_exact,
+    cache_batch,
     labels,
 )
 
@@ -30,16 +31,10 @@ def small(shape, levels, num_classes, scales) -> MultiscalePixelCNN:
                                                        scales=scales, **SMALL))
 
 
-def batch(model, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cfg = model.config
-    x = torch.randint(0, cfg.levels, (n, *cfg.shape), generator=torch.Generator().manual_seed(1))
-    return x, labels(model, n)
-
-
 @pytest.mark.parametrize("shape,levels,num_classes,scales", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, scales):
     model = small(shape, levels, num_classes, scales)
-    x, cond = batch(model, 3)
+    x, cond = cache_batch(model, 3)
     assert isinstance(model.new_cache(3, cond), MultiscalePixelCNNCache)
     assert_cache_matches_forward(model, x, cond)
 
@@ -57,7 +52,7 @@ def test_one_pass_of_one_network_per_step(shape, scales):
     the whole forward pass never runs. The plain loop runs it once per sub-pixel."""
     model = small(shape, 4, 2, scales).eval()
     c, h, w = shape
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     calls = []
     hooks = [model.register_forward_pre_hook(lambda m, a: calls.append(("full", 0)))]
     hooks.append(model.base.register_forward_pre_hook(lambda m, a: calls.append(("base", 0))))
@@ -92,5 +87,5 @@ def test_one_pass_of_one_network_per_step(shape, scales):
 @pytest.mark.parametrize("num_classes", [0, 4])
 def test_cache_bad_inputs(num_classes):
     model = small((1, 4, 4), 5, num_classes, 1)
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     assert_cache_bad_inputs(model, x, cond)

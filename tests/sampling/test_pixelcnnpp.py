@@ -13,22 +13,13 @@ import torch
 
 from artrt.models.pixelcnnpp import PixelCNNpp, PixelCNNppConfig
 from artrt.sampling.pixelcnnpp import PixelCNNppCache
+from tests.models.common import cache_batch, labels
 
 
 def small(shape=(1, 5, 6), levels=256, num_classes=0, **kw) -> PixelCNNpp:
     torch.manual_seed(0)
     kw = {"channels": 4, "blocks": 1, "stages": 2, "num_mix": 2, "dropout": 0.0, **kw}
     return PixelCNNpp(PixelCNNppConfig(shape, levels, num_classes, **kw))
-
-
-def data(model, n: int = 3, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.config.levels, (n, *model.shape), generator=g)
-
-
-def labels(model, n: int = 3) -> torch.Tensor | None:
-    k = model.config.num_classes
-    return torch.tensor([3, 7, 0, 5] * n)[:n] % k if k else None
 
 
 def teacher_forced_params(cache: PixelCNNppCache, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +41,7 @@ def teacher_forced_params(cache: PixelCNNppCache, x: torch.Tensor) -> torch.Tens
     ((3, 3, 3), 256, 0, 1, 1), ((1, 1, 4), 256, 2, 3, 1)])
 def test_cache_matches_forward(shape, levels, num_classes, stages, blocks):
     model = small(shape, levels, num_classes, stages=stages, blocks=blocks).eval()
-    x, cond = data(model), labels(model)
+    x, cond = cache_batch(model, 3)
     with torch.no_grad():
         want = model(x, cond)
         cache = model.new_cache(3, cond)
@@ -66,7 +57,7 @@ def test_cache_matches_forward(shape, levels, num_classes, stages, blocks):
 
 def test_cache_has_dropout_off_and_restores_training():
     model = small((1, 4, 5), dropout=0.5)
-    x = data(model)
+    x, _ = cache_batch(model, 3)
     model.eval()
     with torch.no_grad():
         want = model(x)
@@ -105,7 +96,7 @@ def test_steps_compute_local_boxes():
 
 def test_bad_inputs_leave_the_cache_as_it_was():
     model = small((3, 3, 4), 5, num_classes=4).eval()
-    x, cond = data(model), labels(model)
+    x, cond = cache_batch(model, 3)
     with torch.no_grad():
         want = model(x, cond)
     cache = model.new_cache(3, cond)

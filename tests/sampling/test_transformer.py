@@ -16,6 +16,7 @@ from tests.models.common import (
     assert_cache_bad_inputs,
     assert_cache_matches_forward,
     assert_cached_sampling_exact,
+    cache_batch,
     labels,
 )
 
@@ -30,17 +31,11 @@ def small(shape, levels, num_classes, ordering, **kw) -> ARTransformer:
                                              order_seed=3, **{**SMALL, **kw}))
 
 
-def batch(model, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cfg = model.config
-    x = torch.randint(0, cfg.levels, (n, *cfg.shape), generator=torch.Generator().manual_seed(1))
-    return x, labels(model, n)
-
-
 @pytest.mark.parametrize("ordering", ORDERINGS)
 @pytest.mark.parametrize("shape,levels,num_classes", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, ordering):
     model = small(shape, levels, num_classes, ordering)
-    x, cond = batch(model, 3)
+    x, cond = cache_batch(model, 3)
     assert isinstance(model.new_cache(3, cond), ARTransformerCache)
     assert_cache_matches_forward(model, x, cond)
 
@@ -59,7 +54,7 @@ def test_decode_is_one_token_per_step(monkeypatch, ordering):
     causal attention is never called; the steps follow the generation order."""
     model = small((2, 2, 3), 4, 0, ordering, layers=3).eval()
     assert [b.attn.layer_idx for b in model.blocks] == [0, 1, 2]
-    x, _ = batch(model, 2)
+    x, _ = cache_batch(model, 2)
     queries = []
     decode = attention_module.attention_decode
 
@@ -93,5 +88,5 @@ def test_decode_is_one_token_per_step(monkeypatch, ordering):
 @pytest.mark.parametrize("num_classes", [0, 4])
 def test_cache_bad_inputs(num_classes):
     model = small((1, 3, 3), 4, num_classes, "zigzag")
-    x, cond = batch(model, 2)
+    x, cond = cache_batch(model, 2)
     assert_cache_bad_inputs(model, x, cond)
