@@ -16,16 +16,21 @@ Interface (every model follows it, so training and sampling treat them alike):
   property can be checked through the Jacobian.
 - ``nll(x, cond=None)``: (B,) negative log-likelihood in nats, summed over all dimensions
   (bits per dimension = nll / (dims * ln 2)).
-- ``sample(n, cond=None, *, generator=None, progress=False, uniforms=None)``: (n, *shape)
-  int64, drawn one position at a time in the model's ordering by inverse-CDF sampling, from
-  ``generator`` or from pre-drawn U(0, 1) ``uniforms`` (so a cached sampler can be compared
-  exactly); a tqdm progress bar with ``progress=True``; no gradients; eval mode during the
-  loop.
+- ``sample(n, cond=None, *, cache=True, generator=None, progress=False, uniforms=None)``:
+  (n, *shape) int64, drawn one generation step at a time in the model's ordering by
+  inverse-CDF sampling, from ``generator`` or from pre-drawn U(0, 1) ``uniforms``; a tqdm
+  progress bar with ``progress=True``; no gradients; eval mode during the loop.
+  ``cache=True`` runs the model's incremental cache, ``cache=False`` the plain loop (one full
+  network pass per step): the same uniforms give the same samples.
+- ``new_cache(batch_size, cond=None)``: the model's :class:`artrt.sampling.ARCache`
+  (``positions()``, ``logits()``, ``push(values)``, ``reset(cond)``), which ``sample`` uses.
 
 Tests for each model live in ``tests/models/test_<name>.py``: the autoregressive property
 through the Jacobian, ``nll`` equal to the sum of the per-step log-probabilities of the
 sampling order, a few optimiser steps on real data lowering the loss, and clear errors for
-bad input.
+bad input; its cache's in ``tests/sampling/test_<name>.py``: teacher forcing through the
+cache equal to the forward pass at every position, cached samples equal to the plain loop's,
+clear errors that leave the cache unchanged.
 """
 
 from artrt.models.arrnn import ARRNN, ARRNNConfig
