@@ -10,7 +10,8 @@ Then every model of ``artrt.models.MODELS``, cached (its ``new_cache``) against 
 small config; models without a cache are listed as skipped.
 
 ``python -m bench.sampling`` runs the CPU comparison instead: every model at its default
-sizes on a 12 x 12 image (or a 144-step sequence), batch 4, one thread.
+sizes on a 12 x 12 image (or a 144-step sequence), batch 4, one thread, the median of 3 runs
+after a warm-up run.
 
 A sampling run takes milliseconds to seconds, so each time is the median of a few whole runs
 on the host clock (after a warm-up run that also captures the graphs), with the device
@@ -276,7 +277,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     rows: list[dict] = []
-    run_cpu(rows)
+    run_cpu(rows, repeats=3)
     env = {**environment("cpu"), "threads": "1"}
     table = markdown_table(rows, COLUMNS)
     lines = summary(rows)
