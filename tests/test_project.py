@@ -31,6 +31,25 @@ def test_readme_commands_exist():
     assert 'pip install -e ".[data]" && artrt info && artrt demo' in README
 
 
+def test_readme_nll_table_matches_results():
+    """The README's model table is the one in bench/results (python -m bench.nll), and MADE,
+    PixelCNN and Gated PixelCNN rank there as in their papers."""
+    from artrt.models import MODELS
+
+    folder = ROOT / "bench" / "results" / "nll-mnist5k-binary-cpu"
+    results = {p.stem: json.loads(p.read_text())["result"] for p in folder.glob("*.json")}
+    assert set(results) == set(MODELS)
+    for name, r in results.items():
+        cls = MODELS[name][0].__name__
+        row = re.search(rf"^\| `{cls}` \| ([0-9,]+) \| ([0-9.]+) \| ([0-9.]+) \|", README, re.M)
+        assert row, cls
+        assert (int(row[1].replace(",", "")), row[2], row[3]) == (
+            r["params"], r["test_nll"], r["test_bpd"]), cls
+        assert (r["steps"], r["batch_size"]) == (300, 32)
+    nll = {name: float(r["test_nll"]) for name, r in results.items()}
+    assert nll["gated_pixelcnn"] < nll["pixelcnn"] < nll["made"]
+
+
 def test_cli_info():
     r = _run("-m", "artrt", "info")
     assert r.returncode == 0, r.stderr
