@@ -4,7 +4,10 @@ WaveNet (20 layers, dilations 1..512 twice, residual 64, skip 128, 256 levels): 
 loop (one full forward pass per sample) against the Fast WaveNet cache driven by the torch
 reference step, by the CUDA step kernel one launch per sample, and by the kernel replayed
 from captured CUDA graphs; a batch sweep 1..256 for the cached samplers. PixelCNN++ at CIFAR
-size (160 filters, 5 blocks per stage), cached against plain at batch 1 and 256. The
+size (160 filters, 5 blocks per stage), cached against plain at batch 1 and 256 (at 256 the
+plain loop, one full pass per pixel, would take minutes: its time is that of its first
+``PIXELCNNPP_PLAIN_POSITIONS`` pixels scaled to all 1024, every pass costing the same; no
+samples to compare there, so no mismatch on that row). The
 ARTransformer decode (KV cache) in tokens/s and as a share of the measured copy bandwidth.
 Then every model of ``artrt.models.MODELS``, cached (its ``new_cache``) against plain at a
 small config; models without a cache are listed as skipped.
@@ -59,6 +62,7 @@ TARGET_SAMPLES_S, TARGET_VS_PLAIN = 43_000, 100
 # cached sampler against the plain loop (Fast PixelCNN++: >= 183x at batch 256, >= 10x at 1).
 PIXELCNNPP = {"channels": 160, "blocks": 5, "stages": 3, "num_mix": 10, "dropout": 0.0}
 PIXELCNNPP_TARGETS = {256: 183, 1: 10}
+PIXELCNNPP_PLAIN_POSITIONS = {256: 64}  # batch -> pixels the plain loop is timed over
 # ARTransformer decode over a 32 x 32 image (1024 tokens): tokens/s and the bytes the decode
 # must read (weights, plus the keys and values of every earlier token in every layer) per
 # second, against the measured copy bandwidth.
@@ -158,6 +162,35 @@ def _small_model(model_cls, config_cls, device: str, shapes: list[tuple[int, ...
     raise ValueError(f"{model_cls.__name__}: takes none of the shapes {shapes}")
 
 
+def _pixelcnnpp_scaled_plain(rows: list[dict], model, batch: int, device: str,
+                             positions: int) -> None:
+    """PixelCNN++ cached (one whole run) against the plain loop timed over its first
+    ``positions`` pixels (one full pass and draw each, after a warm-up pass) and scaled to
+    the whole image."""
+    _measure(rows, model, "pixelcnnpp-cifar", ["artrt-cached"], batch, device, 1,
+             seeded=True)
+    cached = rows[-1]
+    _, h, w = model.shape
+    g = torch.Generator(device=device).manual_seed(0)
+    u = torch.rand((batch, *model._uniforms_shape()), generator=g, device=device)
+    x = torch.zeros((batch, *model.shape), dtype=torch.int64, device=device)
+    with torch.no_grad():
+        model(x)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for p in range(positions):
+            i, j = divmod(p, w)
+            x[:, :, i, j] = model._pixel(model(x)[:, :, i, j], u[:, :, i, j])
+        torch.cuda.synchronize()
+        secs = (time.perf_counter() - start) * (h * w) / positions
+    rows.append({"model": "pixelcnnpp-cifar", "impl": "plain", "dtype": "float32",
+                 "batch": batch, "length": cached["length"], "ms": secs * 1e3,
+                 "samples_s": batch * cached["length"] / secs,
+                 "note": f"{positions} of {h * w} pixels timed, scaled"})
+    cached.update(vs_plain=secs / (cached["ms"] * 1e-3),
+                  note=f"vs plain scaled from {positions} pixels")
+
+
 def _decode_bytes(model: ARTransformer, batch: int) -> int:
     """Bytes one whole decode of ``batch`` sequences must read at least: every parameter once
     per step, and at step t the keys and values of the t earlier tokens in every layer."""
@@ -208,8 +241,12 @@ def run(device: str, smoke: bool, copy_gbs: float) -> list[dict]:
         torch.manual_seed(0)
         model = PixelCNNpp(PixelCNNppConfig((3, 32, 32), **PIXELCNNPP)).to(device).eval()
         for batch in PIXELCNNPP_TARGETS:  # one run each: the plain loop takes minutes
-            _measure(rows, model, "pixelcnnpp-cifar", ["plain", "artrt-cached"], batch, device,
-                     1, seeded=True)
+            positions = PIXELCNNPP_PLAIN_POSITIONS.get(batch)
+            if positions is None:
+                _measure(rows, model, "pixelcnnpp-cifar", ["plain", "artrt-cached"], batch,
+                         device, 1, seeded=True)
+            else:
+                _pixelcnnpp_scaled_plain(rows, model, batch, device, positions)
         _transformer_decode(rows, device, copy_gbs, repeats)
     for name, (model_cls, config_cls) in MODELS.items():
         try:

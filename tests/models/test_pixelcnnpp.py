@@ -221,7 +221,8 @@ def test_bad_config():
 
 
 @pytest.mark.gpu
-def test_gpu_matches_cpu():
+def test_gpu_matches_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convs, as the CPU
     model = small((3, 8, 8), 256, 10, channels=16, stages=3)
     x = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0))
     cond = torch.arange(4)
@@ -229,6 +230,11 @@ def test_gpu_matches_cpu():
     model.cuda()
     torch.testing.assert_close(model.nll(x.cuda(), cond.cuda()).cpu(), want, atol=1e-2,
                                rtol=1e-4)
-    u = torch.rand((2, 4, 8, 8), device="cuda")
+    u = torch.rand((2, 4, 8, 8), generator=torch.Generator().manual_seed(1)).cuda()
     a = model.sample(2, cond[:2].cuda(), uniforms=u)
-    assert torch.equal(a, model.sample(2, cond[:2].cuda(), uniforms=u, cache=False))
+    b = model.sample(2, cond[:2].cuda(), uniforms=u, cache=False)
+    # The cache convolves windows, the plain loop whole images: other cuDNN algorithms, so a
+    # value whose logistic sample lies within rounding of a bin edge (1 in 256 levels) may
+    # land one level apart (and nudge the pixels after it); allow a few such values, far
+    # fewer than a wrong sampler gives.
+    assert (a != b).double().mean() <= 0.02

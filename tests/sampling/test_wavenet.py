@@ -6,6 +6,8 @@ reference cached sampler."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -173,11 +175,39 @@ def test_sampling_follows_reference_backend():
 # --------------------------------------------------------------------------- GPU
 
 
+def _assert_equal_or_near_tie(a, b, model, cond, u, eps=1e-3):
+    """a and b (B, *shape), sampled from the same uniforms u, are equal, or each sequence
+    first differs at a near tie: a position where u lies within eps of every CDF boundary
+    between the two levels (two correct samplers that round differently may split there;
+    everything after it then differs, as the contexts differ). The CDF is that of the
+    float64 CPU model given a, whose prefix before that position b shares."""
+    order = model.generation_steps().reshape(-1).argsort()
+    sa, sb = a.reshape(a.shape[0], -1)[:, order], b.reshape(b.shape[0], -1)[:, order]
+    rows = (sa != sb).any(1).nonzero().flatten().tolist()
+    if not rows:
+        return
+    ref = copy.deepcopy(model).cpu().double()
+    with torch.no_grad():
+        logits = ref(a.cpu(), None if cond is None else cond.cpu())
+    cdf = logits.reshape(a.shape[0], model.config.levels, -1)[:, :, order].softmax(1)
+    cdf = cdf.cumsum(1)
+    us = u.reshape(u.shape[0], -1)[:, order].cpu().double()
+    for i in rows:
+        p = int((sa[i] != sb[i]).nonzero()[0])
+        lo, hi = sorted((int(sa[i, p]), int(sb[i, p])))
+        gap = (cdf[i, lo:hi, p] - us[i, p]).abs().max().item()
+        assert gap <= eps, (f"sequence {i} first differs at step {p} ({lo} vs {hi}), "
+                            f"not a near tie: |cdf - u| up to {gap:.3g}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["sequence", "image-positional-class"])
-def test_cuda_graph_sampling_matches_reference(name):
+def test_cuda_graph_sampling_matches_reference(name, monkeypatch):
     """CUDA graphs (several replays, a partial last one) give the samples of the step-by-step
-    kernel launches exactly, and of the reference cached sampler (fp32)."""
+    kernel launches exactly (the same kernel on the same inputs); the reference cached
+    sampler and the plain loop (fp32, other summation orders) give them too, up to a split
+    at a near tie of the CDF."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the plain loop's convs
     model = _model(name, res_channels=32, gate_channels=32, skip_channels=128,
                    cond_channels=16).cuda()
     _, cond = _data(model)
@@ -194,12 +224,14 @@ def test_cuda_graph_sampling_matches_reference(name):
     with artrt.use_backend("reference"):
         ref = model.sample(3, cond, uniforms=u)
     assert torch.equal(a, b) and torch.equal(a, plain_launches)
-    assert torch.equal(a, ref)
-    assert torch.equal(model.sample(3, cond, uniforms=u, cache=False), ref)
+    _assert_equal_or_near_tie(a, ref, model, cond, u)
+    _assert_equal_or_near_tie(a, model.sample(3, cond, uniforms=u, cache=False), model, cond,
+                              u)
 
 
 @pytest.mark.gpu
-def test_cuda_cache_protocol_matches_forward():
+def test_cuda_cache_protocol_matches_forward(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 forward to compare
     model = _model("image-positional-class").cuda()
     x, cond = _data(model)
     assert_cache_matches_forward(model, x.cuda(), cond.cuda())
