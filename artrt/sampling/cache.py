@@ -49,11 +49,7 @@ class ARCache:
         self.model, self.batch_size = model, batch_size
         self.device = next(model.parameters()).device
         self.levels = model.config.levels
-        steps = model.generation_steps().reshape(-1)  # (D,) step of every flat position
-        order = steps.argsort(stable=True)
-        counts = torch.bincount(steps).tolist()
-        self._positions = [p.to(self.device) for p in order.split(counts)]
-        self.num_steps = len(self._positions)
+        self._steps: torch.Tensor | None = None
         self.step = 0
         self.reset(cond)
 
@@ -72,7 +68,21 @@ class ARCache:
             cond = cond.to(self.device)
         self.cond = cond
         self.step = 0
+        self._plan_steps()
         self._reset(cond)
+
+    def _plan_steps(self) -> None:
+        """The positions of every step, from ``model.generation_steps()`` as it is now (a
+        model may change its ordering between samples, e.g. MADE's mask sets); rebuilt only
+        when it changed."""
+        steps = self.model.generation_steps().reshape(-1).cpu()  # (D,) step of each position
+        if self._steps is not None and torch.equal(steps, self._steps):
+            return
+        order = steps.argsort(stable=True)
+        counts = torch.bincount(steps).tolist()
+        self._positions = list(order.to(self.device).split(counts))
+        self.num_steps = len(self._positions)
+        self._steps = steps
 
     def positions(self) -> torch.Tensor:
         """(G,) int64 flat positions (into ``prod(model.config.shape)``) of the next step."""

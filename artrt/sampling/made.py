@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from artrt.data import to_input
 from artrt.sampling.cache import ARCache
@@ -43,18 +42,11 @@ class MADECache(ARCache):
     everywhere else; the masked weights of every layer; ``mask_index``, the mask set used.
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, cond: torch.Tensor | None = None):
-        self.mask_index = model.mask_index
-        super().__init__(model, batch_size, cond)
-
     def _reset(self, cond: torch.Tensor | None) -> None:
         model = self.model
         dims, levels = model.dims, self.levels
-        if model.mask_index != self.mask_index:  # follow the mask set in use now
-            order = model.steps.argsort().to(self.device)  # (D,) variable of each step
-            self._positions = list(order.view(dims, 1))
-            self.mask_index = model.mask_index
-        self._order = [int(p) for p in self._positions]  # variable of each step
+        self.mask_index = model.mask_index  # the base follows its ordering (generation_steps)
+        self._order = model.steps.argsort().tolist()  # variable of each step
         first = model.layers[0]
         dtype = first.weight.dtype
         self._w1t = (first.weight * first.mask).t().contiguous()  # (D, H1): column d in row d
