@@ -146,11 +146,8 @@ class WaveNet(DiscreteARModel):
 
     def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
                      desc: str) -> None:
-        """Fill x (n, *shape) from the uniforms u through a WaveNetCache's own sampler (the
-        step op draws every position; CUDA graphs on CUDA), else through the protocol."""
-        if not isinstance(cache, WaveNetCache):
-            super()._draw_cached(cache, x, u, progress, desc)
-            return
+        """Fill x (n, *shape) from the uniforms u through the WaveNetCache's own sampler (the
+        step op draws every position; CUDA graphs on CUDA)."""
         x.copy_(cache.draw(u, progress, desc))
 
     def extra_repr(self) -> str:
