@@ -29,6 +29,8 @@ from artrt.ops import (
     masked_conv2d_ref,
     wavenet_gate,
     wavenet_gate_ref,
+    wavenet_step,
+    wavenet_step_ref,
 )
 
 __version__ = "0.1.0"
@@ -58,6 +60,8 @@ __all__ = [
     "masked_conv2d_ref",
     "wavenet_gate",
     "wavenet_gate_ref",
+    "wavenet_step",
+    "wavenet_step_ref",
     "nn",
     "ops",
     "sampling",

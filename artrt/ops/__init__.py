@@ -42,8 +42,15 @@ from artrt.ops.masked_conv2d import (
     masked_conv2d_ref,
     tap_mask,
 )
+from artrt.ops.wavenet_step import (
+    WaveNetStepWeights,
+    pack_wavenet_step_weights,
+    wavenet_step,
+    wavenet_step_ref,
+)
 
 __all__ = [
+    "WaveNetStepWeights",
     "attention_decode",
     "attention_decode_ref",
     "causal_attention",
@@ -68,6 +75,7 @@ __all__ = [
     "gated_tanh_ref",
     "masked_conv2d",
     "masked_conv2d_ref",
+    "pack_wavenet_step_weights",
     "random_order",
     "raster_order",
     "subscale_order",
@@ -76,5 +84,7 @@ __all__ = [
     "wavenet_gate",
     "wavenet_gate_backward_ref",
     "wavenet_gate_ref",
+    "wavenet_step",
+    "wavenet_step_ref",
     "zigzag_order",
 ]

@@ -22,9 +22,13 @@ padding). The position is ``t = step + offset``: ``step`` may be a device tensor
 captured CUDA graph replays steps without host work; a position at or past
 ``tokens.shape[1]`` does nothing.
 
+The op is ``artrt::wavenet_step`` (mutates ``state``, ``tokens`` and ``logits``; inference
+only, no autograd). Its arguments are the tensors of :class:`WaveNetStepWeights` one by one,
+the dilations as ``int[]``, and the position as an optional (1,) tensor plus an int; the
+public :func:`wavenet_step` unpacks the weights into it.
+
 Departure from the paper: the paper pushes each layer's output into the next layer's queue;
-here each layer keeps its own input history, which is the same data. Inference only (no
-autograd): the state and ``tokens`` are written in place.
+here each layer keeps its own input history, which is the same data.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ PREFERENCE = ("cuda", "reference")
 _TORCH_TO_C_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _NAME = "wavenet_step"
 MAX_KERNEL_SIZE = 8
+# The tensor fields of WaveNetStepWeights, in field order: the op's first arguments.
+_TENSOR_FIELDS = ("start", "in_w", "in_b", "conv_w", "conv_b", "out_w", "out_b", "head_w1",
+                  "head_b1", "head_w2", "head_b2", "meta")
 
 
 # --------------------------------------------------------------------------- packed weights
@@ -145,7 +152,7 @@ class WaveNetStepWeights:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor field, in field order."""
-        return [getattr(self, f.name) for f in fields(self) if f.name != "dilations"]
+        return [getattr(self, name) for name in _TENSOR_FIELDS]
 
     def to(self, dtype: torch.dtype | None = None,
            device: torch.device | str | None = None) -> WaveNetStepWeights:
@@ -239,7 +246,9 @@ def pack_wavenet_step_weights(*, start: torch.Tensor, input_weight: torch.Tensor
     return WaveNetStepWeights(**packed, meta=meta, dilations=dilations)
 
 
-def _check_weights(w: WaveNetStepWeights) -> None:
+def _check_weights(w: WaveNetStepWeights, values: bool = True) -> None:
+    """Types, devices, dtypes, shapes and dilations of w; with ``values`` also the contents of
+    ``meta`` (read on the host: a device sync on CUDA, so the op leaves it to construction)."""
     name = "WaveNetStepWeights"
     for f in fields(w):
         v = getattr(w, f.name)
@@ -282,6 +291,8 @@ def _check_weights(w: WaveNetStepWeights) -> None:
     if len(w.dilations) != lay or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in w.dilations):
         raise ValueError(f"{name}: dilations must be {lay} ints >= 1, got {w.dilations}")
+    if not values:
+        return
     meta = [[d, off] for d, (off, _) in zip(w.dilations, w.ring_slices(), strict=True)]
     if w.meta.tolist() != meta:
         raise ValueError(f"{name}: meta must hold each layer's (dilation, ring offset) = "
@@ -359,6 +370,10 @@ def _check_tensor(t, what: str, dtype: torch.dtype, device: torch.device, shape:
         raise ValueError(f"{_NAME}: {what} must be contiguous (it is written in place)")
 
 
+# An int argument, or under torch.compile a symbolic one.
+_INT = (int, torch.SymInt)
+
+
 def _check(weights, state, tokens, u, step, cond, offset, logits) -> None:
     if not isinstance(weights, WaveNetStepWeights):
         raise TypeError(f"{_NAME}: weights must be WaveNetStepWeights (see "
@@ -374,10 +389,10 @@ def _check(weights, state, tokens, u, step, cond, offset, logits) -> None:
     _check_tensor(u, "u", torch.float32, dev, (b, length), "(B, T)")
     if isinstance(step, torch.Tensor):
         _check_tensor(step, "step", torch.int64, dev, (1,), "(1,)")
-    elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    elif isinstance(step, bool) or not isinstance(step, _INT) or step < 0:
         raise TypeError(f"{_NAME}: step must be an int >= 0 or a (1,) int64 tensor, got "
                         f"{step!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    if isinstance(offset, bool) or not isinstance(offset, _INT) or offset < 0:
         raise TypeError(f"{_NAME}: offset must be an int >= 0, got {offset!r}")
     cc = weights.cond_channels
     if cc == 0 and cond is not None:
@@ -423,6 +438,49 @@ def _cuda_launch(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch
         device=state.device.index, stream=torch.cuda.current_stream(state.device).cuda_stream)
 
 
+# --------------------------------------------------------------------------- torch.library op
+
+def _op_weights(tensors: Sequence[torch.Tensor], dilations: Sequence[int]) -> WaveNetStepWeights:
+    """WaveNetStepWeights of the op's arguments, checked except for the values of ``meta``
+    (no host read of a device tensor; :class:`WaveNetStepWeights` checked them when built)."""
+    w = object.__new__(WaveNetStepWeights)
+    for name, v in zip(_TENSOR_FIELDS, tensors, strict=True):
+        object.__setattr__(w, name, v)
+    object.__setattr__(w, "dilations", tuple(dilations))
+    _check_weights(w, values=False)
+    return w
+
+
+@torch.library.custom_op("artrt::wavenet_step", mutates_args=("state", "tokens", "logits"))
+def _wavenet_step_op(start: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor,
+                     conv_w: torch.Tensor, conv_b: torch.Tensor, out_w: torch.Tensor,
+                     out_b: torch.Tensor, head_w1: torch.Tensor, head_b1: torch.Tensor,
+                     head_w2: torch.Tensor, head_b2: torch.Tensor, meta: torch.Tensor,
+                     dilations: list[int], state: torch.Tensor, tokens: torch.Tensor,
+                     u: torch.Tensor, step: torch.Tensor | None, offset: int,
+                     cond: torch.Tensor | None, logits: torch.Tensor | None,
+                     backend: str) -> None:
+    """The op behind :func:`wavenet_step`: the position is ``step + offset`` (``step`` None:
+    0)."""
+    weights = _op_weights((start, in_w, in_b, conv_w, conv_b, out_w, out_b, head_w1, head_b1,
+                           head_w2, head_b2, meta), dilations)
+    step = 0 if step is None else step
+    _check(weights, state, tokens, u, step, cond, offset, logits)
+    name = backends.select(_NAME, weights.device, weights.dtype, backend, PREFERENCE)
+    if name == "reference":
+        wavenet_step_ref(weights, state, tokens, u, step, cond, offset=offset, logits=logits)
+    else:
+        _cuda_launch(weights, state, tokens, u.contiguous(), step, cond, offset, logits)
+
+
+@_wavenet_step_op.register_fake
+def _(start, in_w, in_b, conv_w, conv_b, out_w, out_b, head_w1, head_b1, head_w2, head_b2,
+      meta, dilations, state, tokens, u, step, offset, cond, logits, backend):
+    weights = _op_weights((start, in_w, in_b, conv_w, conv_b, out_w, out_b, head_w1, head_b1,
+                           head_w2, head_b2, meta), dilations)
+    _check(weights, state, tokens, u, 0 if step is None else step, cond, offset, logits)
+
+
 # --------------------------------------------------------------------------- public function
 
 def wavenet_step(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch.Tensor,
@@ -454,12 +512,11 @@ def wavenet_step(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch
     Nothing is done when t >= T.
     """
     _check(weights, state, tokens, u, step, cond, offset, logits)
-    name = backends.select(_NAME, weights.device, weights.dtype, backends.requested(backend),
-                           PREFERENCE)
-    if name == "reference":
-        wavenet_step_ref(weights, state, tokens, u, step, cond, offset=offset, logits=logits)
-    else:
-        _cuda_launch(weights, state, tokens, u.contiguous(), step, cond, offset, logits)
+    if not isinstance(step, torch.Tensor):  # an int step is folded into the offset
+        step, offset = None, step + offset
+    _wavenet_step_op(*(getattr(weights, name) for name in _TENSOR_FIELDS),
+                     list(weights.dilations), state, tokens, u, step, offset, cond, logits,
+                     backends.requested(backend))
 
 
 __all__ = ["WaveNetStepWeights", "pack_wavenet_step_weights", "wavenet_step",

@@ -1,7 +1,8 @@
 """artrt.ops.wavenet_step: the reference step against the full WaveNet forward (teacher
 forcing, every position, with and without conditioning, K = 2 and 3), its inverse-CDF
-sample, the step/offset position, packing, bad inputs, the extension's binding and its
-error path without a GPU; on a GPU the CUDA kernel against the reference (R 32/64/128,
+sample, the step/offset position, packing, bad inputs, the op ``artrt::wavenet_step`` under
+``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``, the extension's binding and
+its error path without a GPU; on a GPU the CUDA kernel against the reference (R 32/64/128,
 S 128/256, 256 levels, fp32/fp16/bf16, every conditioning layout)."""
 
 from __future__ import annotations
@@ -220,6 +221,82 @@ def test_forced_backends():
     wavenet_step_ref(**ref)
     assert torch.equal(ref["tokens"], args["tokens"]) and torch.equal(ref["state"],
                                                                       args["state"])
+
+
+# --------------------------------------------------------------------------- the op
+
+# conditioning of the op's tests: none, class (B, Cc, 1), positional (B, Cc, T) expanded
+# over B (stride 0), positional + class (B, Cc, T)
+OP_CONDS = {"none": ((1, 24), 0), "class": ((1, 24), 3), "positional": ((1, 3, 5), 0),
+            "positional+class": ((1, 3, 5), 3)}
+
+
+def _op_case(cond_kind, b=2):
+    shape, classes = OP_CONDS[cond_kind]
+    model = _model(shape, num_classes=classes)
+    labels = torch.tensor([1, 2, 0])[:b] if classes else None
+    return model, pack_wavenet(model), _cond_table(model, labels, b)
+
+
+@pytest.mark.parametrize("cond_kind", list(OP_CONDS))
+@pytest.mark.parametrize("tensor_step", [False, True])
+@pytest.mark.parametrize("with_logits", [False, True])
+def test_opcheck(cond_kind, tensor_step, with_logits):
+    b = 2
+    model, w, cond = _op_case(cond_kind, b)
+    length = model.length
+    g = torch.Generator().manual_seed(5)
+    step, offset = (torch.tensor([3]), 2) if tensor_step else (None, 5)  # t = 5 either way
+    logits = torch.empty(b, w.levels) if with_logits else None
+    args = (*w.tensors(), list(w.dilations), torch.randn(b, w.state_size, generator=g),
+            torch.randint(0, w.levels, (b, length), generator=g),
+            torch.rand(b, length, generator=g), step, offset, cond, logits, "reference")
+    torch.library.opcheck(torch.ops.artrt.wavenet_step.default, args)
+
+
+def test_op_checks_its_weights():
+    """Called directly, the op checks the weights it is given (no dataclass in between)."""
+    args = _args(_model())
+    w = args["weights"]
+    tensors = [t.double() if t is w.in_b else t for t in w.tensors()]
+    with pytest.raises(TypeError, match="in_b has dtype"):
+        torch.ops.artrt.wavenet_step(*tensors, list(w.dilations), args["state"],
+                                     args["tokens"], args["u"], None, 0, None, None,
+                                     "reference")
+    with pytest.raises(ValueError, match="dilations must be"):
+        torch.ops.artrt.wavenet_step(*w.tensors(), [1, 2], args["state"], args["tokens"],
+                                     args["u"], None, 0, None, None, "reference")
+
+
+@pytest.mark.parametrize("cond_kind", list(OP_CONDS))
+@pytest.mark.parametrize("tensor_step", [False, True])
+def test_torch_compile_fullgraph(cond_kind, tensor_step):
+    """A compiled step function samples the same sequence as eager, step by step (an int
+    step turns symbolic after the first recompile)."""
+    torch._dynamo.reset()
+    b = 2
+    model, w, cond = _op_case(cond_kind, b)
+    length = model.length
+    u = torch.rand(b, length, generator=torch.Generator().manual_seed(6))
+
+    def step(weights, state, tokens, u, t, cond, logits):
+        wavenet_step(weights, state, tokens, u, t, cond, logits=logits)
+        return logits * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    runs = []
+    for fn in (step, compiled):
+        state, logits = w.new_state(b), torch.empty(b, w.levels)
+        tokens = torch.zeros(b, length, dtype=torch.int64)
+        position, outs = torch.zeros(1, dtype=torch.int64), []
+        for t in range(length):
+            outs.append(fn(w, state, tokens, u, position if tensor_step else t, cond, logits))
+            position += 1
+        runs.append((state, tokens, torch.stack(outs)))
+    (state, tokens, outs), (c_state, c_tokens, c_outs) = runs
+    assert torch.equal(c_tokens, tokens) and torch.equal(c_state, state)
+    assert torch.equal(c_outs, outs)
+    assert tokens.any()  # the samples were written
 
 
 # --------------------------------------------------------------------------- the extension
