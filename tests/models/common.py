@@ -177,6 +177,23 @@ def real_batch(name: str, n: int, start: int = 0) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
+def assert_mnist_training_lowers_loss(model, n: int = 16) -> None:
+    """:func:`assert_training_lowers_loss` in 10 steps at lr 1e-2 on the first ``n`` binarized
+    MNIST-5k training images and their labels (``model``: shape (1, 28, 28), 2 levels, 10
+    classes)."""
+    x, y = real_batch("mnist5k-binary", n)
+    assert_training_lowers_loss(model, x, y, steps=10, lr=1e-2)
+
+
+def assert_digits_training_lowers_loss(model) -> None:
+    """On the first 32 digits8x8 training images and their labels (``model``: shape
+    (1, 8, 8), 17 levels, 10 classes): the logits are (32, 17, 1, 8, 8), and
+    :func:`assert_training_lowers_loss`."""
+    x, y = real_batch("digits8x8", 32)
+    assert model(x, y).shape == (32, 17, 1, 8, 8)
+    assert_training_lowers_loss(model, x, y)
+
+
 # --------------------------------------------------------------------------- more checks
 
 
@@ -267,6 +284,17 @@ def assert_cuda_matches_cpu(model, x: torch.Tensor, cond: torch.Tensor | None) -
     assert_sample_follows_inverse_cdf(model, model.sample(2, c2, uniforms=u), u, c2)
 
 
+def assert_image_cuda_matches_cpu(model_cls, config_cls, levels: int, **config) -> None:
+    """:func:`assert_cuda_matches_cpu` for ``model_cls(config_cls(shape, levels, 10,
+    **config))`` on 8 random images with labels 0..7: MNIST's shape (1, 28, 28) for
+    levels = 2, CIFAR's (3, 32, 32) otherwise."""
+    torch.manual_seed(0)
+    shape = (1, 28, 28) if levels == 2 else (3, 32, 32)
+    model = model_cls(config_cls(shape, levels, 10, **config))
+    x = torch.randint(0, levels, (8, *shape))
+    assert_cuda_matches_cpu(model, x, torch.arange(8))
+
+
 # --------------------------------------------------------------------------- sampling caches
 
 
@@ -284,13 +312,14 @@ def teacher_forced_logits(cache, x: torch.Tensor) -> torch.Tensor:
 
 
 def assert_cache_matches_forward(model, x: torch.Tensor, cond=None, atol: float = 1e-4,
-                                 rtol: float = 1e-4) -> None:
-    """Teacher forcing x through a fresh cache gives ``model(x, cond)`` at every position;
-    a reset cache gives the same again."""
+                                 rtol: float = 1e-4, cache_type: type | None = None) -> None:
+    """Teacher forcing x through a fresh cache (of ``cache_type`` where given) gives
+    ``model(x, cond)`` at every position; a reset cache gives the same again."""
     model.eval()
     with torch.no_grad():
         want = model(x, cond).float()
         cache = model.new_cache(x.shape[0], cond)
+        assert cache_type is None or isinstance(cache, cache_type)
         assert cache.batch_size == x.shape[0] and cache.step == 0 and not cache.done
         got = teacher_forced_logits(cache, x)
         assert cache.done and cache.step == cache.num_steps

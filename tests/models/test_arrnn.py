@@ -15,9 +15,9 @@ from tests.models.common import (
     assert_bad_inputs,
     assert_bernoulli_output,
     assert_cuda_matches_cpu,
+    assert_mnist_training_lowers_loss,
     assert_nll_and_sampling,
     assert_normalised,
-    assert_training_lowers_loss,
     real_batch,
 )
 
@@ -83,9 +83,7 @@ def test_binary_output_is_bernoulli():
 
 
 def test_training_lowers_loss():
-    x, y = real_batch("mnist5k-binary", 16)
-    model = ARRNN(ARRNNConfig((1, 28, 28), 2, 10, hidden=32))
-    assert_training_lowers_loss(model, x, y, steps=10, lr=1e-2)
+    assert_mnist_training_lowers_loss(ARRNN(ARRNNConfig((1, 28, 28), 2, 10, hidden=32)))
 
 
 @pytest.mark.parametrize("num_classes", [0, 4])

@@ -16,11 +16,10 @@ from tests.models.common import (
     assert_backend_matches_reference,
     assert_bad_inputs,
     assert_bernoulli_output,
-    assert_cuda_matches_cpu,
+    assert_image_cuda_matches_cpu,
+    assert_mnist_training_lowers_loss,
     assert_nll_and_sampling,
     assert_normalised,
-    assert_training_lowers_loss,
-    real_batch,
 )
 
 
@@ -86,10 +85,8 @@ def test_kernel_backend_matches_reference(backend):
 
 
 def test_training_lowers_loss():
-    x, y = real_batch("mnist5k-binary", 16)
-    model = GatedPixelCNN(GatedPixelCNNConfig((1, 28, 28), 2, 10, channels=8, layers=2,
-                                              head_channels=16))
-    assert_training_lowers_loss(model, x, y, steps=10, lr=1e-2)
+    assert_mnist_training_lowers_loss(GatedPixelCNN(GatedPixelCNNConfig(
+        (1, 28, 28), 2, 10, channels=8, layers=2, head_channels=16)))
 
 
 @pytest.mark.parametrize("num_classes", [0, 4])
@@ -111,8 +108,4 @@ def test_bad_config():
 @pytest.mark.gpu
 @pytest.mark.parametrize("levels", [2, 256])
 def test_gpu_matches_cpu(levels):
-    torch.manual_seed(0)
-    shape = (1, 28, 28) if levels == 2 else (3, 32, 32)
-    model = GatedPixelCNN(GatedPixelCNNConfig(shape, levels, 10, head_channels=120))
-    x = torch.randint(0, levels, (8, *shape))
-    assert_cuda_matches_cpu(model, x, torch.arange(8))
+    assert_image_cuda_matches_cpu(GatedPixelCNN, GatedPixelCNNConfig, levels, head_channels=120)

@@ -18,12 +18,11 @@ from tests.models.common import (
     assert_backend_matches_reference,
     assert_bad_inputs,
     assert_bernoulli_output,
-    assert_cuda_matches_cpu,
+    assert_image_cuda_matches_cpu,
+    assert_mnist_training_lowers_loss,
     assert_nll_and_sampling,
     assert_normalised,
-    assert_training_lowers_loss,
     dependencies,
-    real_batch,
 )
 
 
@@ -98,10 +97,8 @@ def test_kernel_backend_matches_reference(backend):
 
 
 def test_training_lowers_loss():
-    x, y = real_batch("mnist5k-binary", 16)
-    model = PixelCNN(PixelCNNConfig((1, 28, 28), 2, 10, channels=16, blocks=1,
-                                    head_channels=16))
-    assert_training_lowers_loss(model, x, y, steps=10, lr=1e-2)
+    assert_mnist_training_lowers_loss(PixelCNN(PixelCNNConfig(
+        (1, 28, 28), 2, 10, channels=16, blocks=1, head_channels=16)))
 
 
 @pytest.mark.parametrize("num_classes", [0, 4])
@@ -127,8 +124,5 @@ def test_bad_config():
 @pytest.mark.gpu
 @pytest.mark.parametrize("levels", [2, 256])
 def test_gpu_matches_cpu(levels):
-    torch.manual_seed(0)
-    shape = (1, 28, 28) if levels == 2 else (3, 32, 32)
-    model = PixelCNN(PixelCNNConfig(shape, levels, 10, channels=60, head_channels=60))
-    x = torch.randint(0, levels, (8, *shape))
-    assert_cuda_matches_cpu(model, x, torch.arange(8))
+    assert_image_cuda_matches_cpu(PixelCNN, PixelCNNConfig, levels, channels=60,
+                                  head_channels=60)

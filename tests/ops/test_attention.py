@@ -24,6 +24,7 @@ from artrt.ops.attention import (
 )
 from artrt.ops.attention_decode import attention_decode
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+from tests.ops.common import assert_backward_uses_forward_backend, no_launch
 
 KERNELS = kernel_backends()
 
@@ -297,27 +298,16 @@ def test_block_table_matches_dense_mask():
 
 
 def test_default_backend_on_cpu_is_reference(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kattn, "causal_attention_fwd", lambda *a: calls.append(1))
     q, k, v, _ = make_qkv(1, 2, 2, 5, 4, device="cpu")
-    torch.testing.assert_close(causal_attention(q, k, v), causal_attention_ref(q, k, v))
-    assert calls == []
+    with no_launch(monkeypatch, kattn, "causal_attention_fwd"):
+        torch.testing.assert_close(causal_attention(q, k, v), causal_attention_ref(q, k, v))
 
 
 def test_backward_uses_forward_backend(monkeypatch):
-    if "triton" not in KERNELS:
-        pytest.skip("triton cannot run here")
-    import artrt
-
-    calls = []
-    real = kattn.causal_attention_bwd
-    monkeypatch.setattr(kattn, "causal_attention_bwd", lambda *a: calls.append(1) or real(*a))
     q, k, v, _ = make_qkv(1, 2, 2, 5, 16)
     q.requires_grad_()
-    with artrt.use_backend("triton"):
-        out = causal_attention(q, k, v)
-    out.sum().backward()
-    assert calls == [1]
+    assert_backward_uses_forward_backend(monkeypatch, kattn, "causal_attention_bwd",
+                                         lambda: causal_attention(q, k, v))
 
 
 def test_forced_backend_cannot_run():

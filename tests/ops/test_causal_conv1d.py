@@ -18,6 +18,7 @@ from artrt.ops.causal_conv1d import (
 )
 from artrt.ops.gated import gated_tanh_ref
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+from tests.ops.common import assert_backward_uses_forward_backend, no_launch
 
 # (B, Cin, Cout, T, K, dilation): odd lengths 1, 7, 33; channels 3, 5, 129; K 1..8; dilations
 # from 1 to 64 (a receptive field longer than the sequence).
@@ -218,22 +219,18 @@ def test_gate_kernel_non_contiguous(backend):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_low_precision(backend, dtype):
     d = 2
-    conv = conv_inputs(2, 24, 20, 33, 3, d, res=8)
-    fp32 = run(conv_ref_call, (*conv[:4], d), conv[4])
-    low = [t.to(dtype) for t in conv]
-    lowp = run(conv_ref_call, (*low[:4], d), low[4])
-    got = run(conv_call, (*low[:4], d), low[4], backend=backend)
-    for g, lp, f, what in zip(got, lowp, fp32, CONV_NAMES, strict=True):
-        assert g.dtype == dtype
-        assert_close_lowp(g, lp, f, f"causal_conv1d {dtype} {what}")
-    gate = gate_inputs(2, 24, 20, 33, 3, d, 8)
-    fp32 = run(wavenet_gate_ref, (*gate[:5], d), gate[5])
-    low = [t.to(dtype) for t in gate]
-    lowp = run(wavenet_gate_ref, (*low[:5], d), low[5])
-    got = run(wavenet_gate, (*low[:5], d), low[5], backend=backend)
-    for g, lp, f, what in zip(got, lowp, fp32, GATE_NAMES, strict=True):
-        assert g.dtype == dtype
-        assert_close_lowp(g, lp, f, f"wavenet_gate {dtype} {what}")
+    ops = [("causal_conv1d", conv_call, conv_ref_call, conv_inputs(2, 24, 20, 33, 3, d, res=8),
+            CONV_NAMES),
+           ("wavenet_gate", wavenet_gate, wavenet_gate_ref, gate_inputs(2, 24, 20, 33, 3, d, 8),
+            GATE_NAMES)]
+    for op, fn, ref, inputs, names in ops:  # inputs: the op's tensors, then the upstream grad
+        fp32 = run(ref, (*inputs[:-1], d), inputs[-1])
+        low = [t.to(dtype) for t in inputs]
+        lowp = run(ref, (*low[:-1], d), low[-1])
+        got = run(fn, (*low[:-1], d), low[-1], backend=backend)
+        for g, lp, f, what in zip(got, lowp, fp32, names, strict=True):
+            assert g.dtype == dtype
+            assert_close_lowp(g, lp, f, f"{op} {dtype} {what}")
 
 
 @pytest.mark.parametrize("backend", kernel_backends())
@@ -313,28 +310,17 @@ def test_causality(backend, k, d, op):
 
 
 def test_default_backend_on_cpu_is_reference(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kconv, "causal_conv1d_fwd", lambda *a: calls.append(1))
-    monkeypatch.setattr(kconv, "wavenet_gate_fwd", lambda *a: calls.append(1))
     x, w, b, _, _ = conv_inputs(2, 3, 4, 7, 2, 1, device="cpu")
-    torch.testing.assert_close(causal_conv1d(x, w, b), causal_conv1d_ref(x, w, b))
-    torch.testing.assert_close(wavenet_gate(x, w, b), wavenet_gate_ref(x, w, b))
-    assert calls == []
+    with no_launch(monkeypatch, kconv, "causal_conv1d_fwd", "wavenet_gate_fwd"):
+        torch.testing.assert_close(causal_conv1d(x, w, b), causal_conv1d_ref(x, w, b))
+        torch.testing.assert_close(wavenet_gate(x, w, b), wavenet_gate_ref(x, w, b))
 
 
 def test_backward_uses_forward_backend(monkeypatch):
-    if "triton" not in kernel_backends():
-        pytest.skip("triton cannot run here")
-    calls = []
-    real = kconv.causal_conv1d_bwd_weight
-    monkeypatch.setattr(kconv, "causal_conv1d_bwd_weight",
-                        lambda *a: calls.append(1) or real(*a))
     x, w, _, _, _ = conv_inputs(2, 3, 4, 7, 2, 1)
     w.requires_grad_()
-    with backends.use_backend("triton"):
-        y = causal_conv1d(x, w)
-    y.sum().backward()
-    assert calls == [1]
+    assert_backward_uses_forward_backend(monkeypatch, kconv, "causal_conv1d_bwd_weight",
+                                         lambda: causal_conv1d(x, w))
 
 
 def test_forced_backend_cannot_run():

@@ -20,6 +20,7 @@ from artrt.ops.dmol import (
     dmol_sample_ref,
 )
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+from tests.ops.common import assert_backward_uses_forward_backend, no_launch
 
 KERNELS = kernel_backends()
 
@@ -421,27 +422,17 @@ def test_memory_saved_for_backward():
 
 
 def test_default_backend_on_cpu_is_reference(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kdmol, "dmol_nll_fwd", lambda *a: calls.append(1))
-    monkeypatch.setattr(kdmol, "dmol_sample_fwd", lambda *a: calls.append(1))
     params, x, _ = make(2, 3, 2, 3, 4, device="cpu")
-    torch.testing.assert_close(dmol_nll(params, x, 2), dmol_nll_ref(params, x, 2))
-    dmol_sample(params, 2)
-    assert calls == []
+    with no_launch(monkeypatch, kdmol, "dmol_nll_fwd", "dmol_sample_fwd"):
+        torch.testing.assert_close(dmol_nll(params, x, 2), dmol_nll_ref(params, x, 2))
+        dmol_sample(params, 2)
 
 
 def test_backward_uses_forward_backend(monkeypatch):
-    if "triton" not in KERNELS:
-        pytest.skip("triton cannot run here")
-    calls = []
-    real = kdmol.dmol_nll_bwd
-    monkeypatch.setattr(kdmol, "dmol_nll_bwd", lambda *a: calls.append(1) or real(*a))
     params, x, _ = make(1, 1, 2, 3, 4)
     params.requires_grad_()
-    with backends.use_backend("triton"):
-        out = dmol_nll(params, x, 2)
-    out.sum().backward()
-    assert calls == [1]
+    assert_backward_uses_forward_backend(monkeypatch, kdmol, "dmol_nll_bwd",
+                                         lambda: dmol_nll(params, x, 2))
 
 
 def test_forced_backend_cannot_run():

@@ -16,6 +16,7 @@ from artrt.ops.gated import (
     gated_tanh_ref,
 )
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+from tests.ops.common import assert_backward_uses_forward_backend, no_launch
 
 GATES = {
     "tanh": (artrt.gated_tanh, gated_tanh_ref, ACT_TANH),
@@ -187,24 +188,15 @@ def test_kernel_many_rows_few_positions(backend):
 
 def test_backward_uses_forward_backend(monkeypatch):
     """The backend forced at forward time is the one the backward runs, outside the block."""
-    if "triton" not in kernel_backends():
-        pytest.skip("triton cannot run here")
-    calls = []
-    real = kgated.gated_bwd
-    monkeypatch.setattr(kgated, "gated_bwd", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(2, 4, 3, device=DEVICE, requires_grad=True)
-    with artrt.use_backend("triton"):
-        y = artrt.gated_tanh(x)
-    y.sum().backward()
-    assert calls == [1]
+    assert_backward_uses_forward_backend(monkeypatch, kgated, "gated_bwd",
+                                         lambda: artrt.gated_tanh(x))
 
 
 def test_default_backend_on_cpu_is_reference(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kgated, "gated_fwd", lambda *a: calls.append(1))
     x = torch.randn(2, 4, 3)
-    torch.testing.assert_close(artrt.gated_tanh(x), gated_tanh_ref(x))
-    assert calls == []
+    with no_launch(monkeypatch, kgated, "gated_fwd"):
+        torch.testing.assert_close(artrt.gated_tanh(x), gated_tanh_ref(x))
 
 
 def test_env_backend_forces(monkeypatch):

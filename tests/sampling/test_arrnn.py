@@ -30,9 +30,7 @@ def small(shape, levels, num_classes, layers, positional) -> ARRNN:
 @pytest.mark.parametrize("shape,levels,num_classes,layers,positional", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, layers, positional):
     model = small(shape, levels, num_classes, layers, positional)
-    x, cond = cache_batch(model, 3)
-    assert isinstance(model.new_cache(3, cond), ARRNNCache)
-    assert_cache_matches_forward(model, x, cond)
+    assert_cache_matches_forward(model, *cache_batch(model, 3), cache_type=ARRNNCache)
 
 
 @pytest.mark.parametrize("shape,levels,num_classes,layers,positional", CONFIGS)

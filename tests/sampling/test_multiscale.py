@@ -34,9 +34,7 @@ def small(shape, levels, num_classes, scales) -> MultiscalePixelCNN:
 @pytest.mark.parametrize("shape,levels,num_classes,scales", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, scales):
     model = small(shape, levels, num_classes, scales)
-    x, cond = cache_batch(model, 3)
-    assert isinstance(model.new_cache(3, cond), MultiscalePixelCNNCache)
-    assert_cache_matches_forward(model, x, cond)
+    assert_cache_matches_forward(model, *cache_batch(model, 3), cache_type=MultiscalePixelCNNCache)
 
 
 @pytest.mark.parametrize("shape,levels,num_classes,scales", CONFIGS)

@@ -35,9 +35,7 @@ def small(shape, levels, num_classes, ordering, **kw) -> ARTransformer:
 @pytest.mark.parametrize("shape,levels,num_classes", CONFIGS)
 def test_cache_matches_forward(shape, levels, num_classes, ordering):
     model = small(shape, levels, num_classes, ordering)
-    x, cond = cache_batch(model, 3)
-    assert isinstance(model.new_cache(3, cond), ARTransformerCache)
-    assert_cache_matches_forward(model, x, cond)
+    assert_cache_matches_forward(model, *cache_batch(model, 3), cache_type=ARTransformerCache)
 
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
