@@ -54,17 +54,88 @@ def _num_warps(block_rows: int, block_d: int) -> int:
 
 
 @triton.jit
+def _head_ptr(ptr, b, h, stride_b, stride_h):
+    """Pointer to head h of batch element b (int64 offsets: B H T D may pass 2^31)."""
+    return ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _load_rows(base, rows, offs_d, stride_t, stride_d, mask):
+    """The (rows, BLOCK_D) tile of a (T, D) head at ``base``, 0 where ``mask`` is False."""
+    return tl.load(base + rows[:, None] * stride_t + offs_d[None, :] * stride_d,
+                   mask=mask, other=0.0)
+
+
+@triton.jit
+def _sees(key, query, STRICT: tl.constexpr):
+    """Whether a query sees a key, from their positions or ranks: key <= query (< when
+    STRICT)."""
+    if STRICT:
+        visible = key < query
+    else:
+        visible = key <= query
+    return visible
+
+
+@triton.jit
+def _query_block(heads, group, d, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr):
+    """Program (pid_m, b * heads + h) of the forward and dQ kernels owns queries
+    [pid_m * BLOCK_M, ...) of head h, which reads kv head hk. Last query block first: in
+    raster order it has the most key blocks, and starting the longest programs first shortens
+    the tail of the launch. Returns pid_m, bh, b, h, hk, offs_m, offs_n, offs_d, d_mask."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    hk = h // group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    return pid_m, bh, b, h, hk, offs_m, offs_n, offs_d, offs_d < d
+
+
+@triton.jit
+def _block_list(rank_ptr, blocks_ptr, count_ptr, stride_rank_b, stride_blocks_b,
+                stride_blocks_row, stride_count_b, b, row_block, own, own_mask,
+                PAD_RANK: tl.constexpr):
+    """Arbitrary order: the ranks of batch element b, the ranks of this program's own
+    positions ``own`` (PAD_RANK where padded), and its list of blocks to visit and their
+    count. Returns rank_base, rank_own, list_base, n_blocks."""
+    rank_base = rank_ptr + b * stride_rank_b
+    rank_own = tl.load(rank_base + own, mask=own_mask, other=PAD_RANK)
+    list_base = blocks_ptr + b * stride_blocks_b + row_block * stride_blocks_row
+    n_blocks = tl.load(count_ptr + b * stride_count_b + row_block)
+    return rank_base, rank_own, list_base, n_blocks
+
+
+@triton.jit
+def _listed_keys(list_base, i, rank_base, rank_q, offs_n, t, STRICT: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """Key block i of a query block's list: its keys kn (BLOCK_N,) and which of them each
+    query sees (BLOCK_M, BLOCK_N). Padded keys get a rank above every real one (2^31 - 1):
+    never visible."""
+    kn = tl.load(list_base + i) * BLOCK_N + offs_n  # (BLOCK_N,)
+    rank_k = tl.load(rank_base + kn, mask=kn < t, other=2147483647)
+    return kn, _sees(rank_k[None, :], rank_q[:, None], STRICT)
+
+
+@triton.jit
 def _fwd_block(
-    acc, m_i, l_i, q, k_ptrs, v_ptrs, kv_mask, visible,
-    scale_log2, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    acc, m_i, l_i, q, k_base, v_base, kn, kn_mask, offs_d, d_mask,
+    stride_k_t, stride_k_d, stride_v_t, stride_v_d,
+    visible, scale_log2, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """One key block of the online softmax (scores in base-2 units).
+    """One key block of the online softmax (scores in base-2 units), keys kn where kn_mask.
 
     s = q k^T * scale * log2(e);  m' = max(m, rowmax s);  p = 2^(s - m')
     l' = l 2^(m - m') + rowsum p;  acc' = acc 2^(m - m') + p v
     A row that has seen no visible key keeps m = -inf; its offset is taken as 0 so that
     2^(-inf - 0) = 0 instead of nan.
     """
+    kv_mask = kn_mask[:, None] & d_mask[None, :]
+    k_ptrs = k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d
+    v_ptrs = v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
     if MASKED:
@@ -92,71 +163,44 @@ def _causal_attention_fwd_kernel(
 ):
     # Program (pid_m, b * heads + h) owns queries [pid_m * BLOCK_M, ...) of head h.
     # out is contiguous (B, H, T, D); lse is contiguous (B, H, T) fp32 in natural-log units.
-    # Last query block first: in raster order it has the most key blocks, and starting the
-    # longest programs first shortens the tail of the launch.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    hk = h // group
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    d_mask = offs_d < d
-    q_base = q_ptr + b.to(tl.int64) * stride_q_b + h.to(tl.int64) * stride_q_h
-    k_base = k_ptr + b.to(tl.int64) * stride_k_b + hk.to(tl.int64) * stride_k_h
-    v_base = v_ptr + b.to(tl.int64) * stride_v_b + hk.to(tl.int64) * stride_v_h
-    q = tl.load(q_base + offs_m[:, None] * stride_q_t + offs_d[None, :] * stride_q_d,
-                mask=(offs_m < t)[:, None] & d_mask[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
+    pid_m, bh, b, h, hk, offs_m, offs_n, offs_d, d_mask = _query_block(
+        heads, group, d, BLOCK_M, BLOCK_N, BLOCK_D)
+    q_base = _head_ptr(q_ptr, b, h, stride_q_b, stride_q_h)
+    k_base = _head_ptr(k_ptr, b, hk, stride_k_b, stride_k_h)
+    v_base = _head_ptr(v_ptr, b, hk, stride_v_b, stride_v_h)
+    q = _load_rows(q_base, offs_m, offs_d, stride_q_t, stride_q_d,
+                   (offs_m < t)[:, None] & d_mask[None, :])  # (BLOCK_M, BLOCK_D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     if ORDERED:
-        rank_base = rank_ptr + b * stride_rank_b
-        rank_q = tl.load(rank_base + offs_m, mask=offs_m < t, other=-1)  # (BLOCK_M,)
-        list_base = blocks_ptr + b * stride_blocks_b + pid_m * stride_blocks_m
-        n_blocks = tl.load(count_ptr + b * stride_count_b + pid_m)
+        rank_base, rank_q, list_base, n_blocks = _block_list(
+            rank_ptr, blocks_ptr, count_ptr, stride_rank_b, stride_blocks_b, stride_blocks_m,
+            stride_count_b, b, pid_m, offs_m, offs_m < t, -1)
         for i in range(0, n_blocks):
-            kn = tl.load(list_base + i) * BLOCK_N + offs_n  # (BLOCK_N,)
-            # Padded keys get a rank above every real one (2^31 - 1): never visible.
-            rank_k = tl.load(rank_base + kn, mask=kn < t, other=2147483647)
-            if STRICT:
-                visible = rank_k[None, :] < rank_q[:, None]
-            else:
-                visible = rank_k[None, :] <= rank_q[:, None]
-            kv_mask = (kn < t)[:, None] & d_mask[None, :]
-            acc, m_i, l_i = _fwd_block(
-                acc, m_i, l_i, q,
-                k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-                v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-                kv_mask, visible, scale_log2, True, DOT_PRECISION)
+            kn, visible = _listed_keys(list_base, i, rank_base, rank_q, offs_n, t, STRICT,
+                                       BLOCK_N)
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, kn, kn < t, offs_d,
+                                       d_mask, stride_k_t, stride_k_d, stride_v_t, stride_v_d,
+                                       visible, scale_log2, True, DOT_PRECISION)
     else:
         # Key blocks ending at or before the block's first query: every key visible.
         n_full = (pid_m * BLOCK_M) // BLOCK_N
         for n in range(0, n_full):
             kn = n * BLOCK_N + offs_n
-            kv_mask = d_mask[None, :] & (kn < t)[:, None]
-            acc, m_i, l_i = _fwd_block(
-                acc, m_i, l_i, q,
-                k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-                v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-                kv_mask, kv_mask, scale_log2, False, DOT_PRECISION)
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, kn, kn < t, offs_d,
+                                       d_mask, stride_k_t, stride_k_d, stride_v_t, stride_v_d,
+                                       d_mask, scale_log2, False, DOT_PRECISION)
         # Blocks crossing the diagonal; blocks wholly above it are not visited.
         hi = tl.minimum((pid_m + 1) * BLOCK_M, t)
         for n in range(n_full, tl.cdiv(hi, BLOCK_N)):
             kn = n * BLOCK_N + offs_n
-            if STRICT:
-                visible = kn[None, :] < offs_m[:, None]
-            else:
-                visible = kn[None, :] <= offs_m[:, None]
-            kv_mask = (kn < t)[:, None] & d_mask[None, :]
-            acc, m_i, l_i = _fwd_block(
-                acc, m_i, l_i, q,
-                k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-                v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-                kv_mask, visible, scale_log2, True, DOT_PRECISION)
+            visible = _sees(kn[None, :], offs_m[:, None], STRICT)
+            acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, kn, kn < t, offs_d,
+                                       d_mask, stride_k_t, stride_k_d, stride_v_t, stride_v_d,
+                                       visible, scale_log2, True, DOT_PRECISION)
 
     # out = acc / l (0 for a row with no key); lse = (m + log2 l) ln 2, +inf for such a row.
     has_key = l_i > 0.0
@@ -196,37 +240,31 @@ def _causal_attention_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     d_mask = offs_d < d
     kv_mask = (offs_n < t)[:, None] & d_mask[None, :]
-    k = tl.load(k_ptr + b.to(tl.int64) * stride_k_b + hk.to(tl.int64) * stride_k_h
-                + offs_n[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-                mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(v_ptr + b.to(tl.int64) * stride_v_b + hk.to(tl.int64) * stride_v_h
-                + offs_n[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-                mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    k = _load_rows(_head_ptr(k_ptr, b, hk, stride_k_b, stride_k_h), offs_n, offs_d,
+                   stride_k_t, stride_k_d, kv_mask)  # (BLOCK_N, BLOCK_D)
+    v = _load_rows(_head_ptr(v_ptr, b, hk, stride_v_b, stride_v_h), offs_n, offs_d,
+                   stride_v_t, stride_v_d, kv_mask)  # (BLOCK_N, BLOCK_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     for g in range(0, group):
         h = hk * group + g
-        q_base = q_ptr + b.to(tl.int64) * stride_q_b + h.to(tl.int64) * stride_q_h
-        do_base = do_ptr + b.to(tl.int64) * stride_do_b + h.to(tl.int64) * stride_do_h
+        q_base = _head_ptr(q_ptr, b, h, stride_q_b, stride_q_h)
+        do_base = _head_ptr(do_ptr, b, h, stride_do_b, stride_do_h)
         lse_row = lse_ptr + (b * heads + h).to(tl.int64) * t
         delta_row = delta_ptr + (b * heads + h).to(tl.int64) * t
         if ORDERED:
-            rank_base = rank_ptr + b * stride_rank_b
-            rank_k = tl.load(rank_base + offs_n, mask=offs_n < t, other=2147483647)
-            list_base = blocks_ptr + b * stride_blocks_b + pid_n * stride_blocks_n
-            n_blocks = tl.load(count_ptr + b * stride_count_b + pid_n)
+            rank_base, rank_k, list_base, n_blocks = _block_list(
+                rank_ptr, blocks_ptr, count_ptr, stride_rank_b, stride_blocks_b,
+                stride_blocks_n, stride_count_b, b, pid_n, offs_n, offs_n < t, 2147483647)
             for i in range(0, n_blocks):
                 offs_m = tl.load(list_base + i) * BLOCK_M + offs_m0
                 rank_q = tl.load(rank_base + offs_m, mask=offs_m < t, other=-1)
-                if STRICT:
-                    visible = rank_k[:, None] < rank_q[None, :]
-                else:
-                    visible = rank_k[:, None] <= rank_q[None, :]
                 dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, lse_row, delta_row,
                                      offs_m, offs_d, d_mask, t,
                                      stride_q_t, stride_q_d, stride_do_t, stride_do_d,
-                                     visible, scale_log2, True, DOT_PRECISION)
+                                     _sees(rank_k[:, None], rank_q[None, :], STRICT),
+                                     scale_log2, True, DOT_PRECISION)
         else:
             # Query blocks before m_lo end before the first key: skipped. Blocks from m_mid
             # on start at or after the last key (+1 when strict): every pair visible, no
@@ -239,14 +277,11 @@ def _causal_attention_bwd_dkdv_kernel(
             m_mid = tl.minimum(tl.cdiv(last_key, BLOCK_M), m_hi)
             for mb in range(m_lo, m_mid):
                 offs_m = mb * BLOCK_M + offs_m0
-                if STRICT:
-                    visible = offs_n[:, None] < offs_m[None, :]
-                else:
-                    visible = offs_n[:, None] <= offs_m[None, :]
                 dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, lse_row, delta_row,
                                      offs_m, offs_d, d_mask, t,
                                      stride_q_t, stride_q_d, stride_do_t, stride_do_d,
-                                     visible, scale_log2, True, DOT_PRECISION)
+                                     _sees(offs_n[:, None], offs_m[None, :], STRICT),
+                                     scale_log2, True, DOT_PRECISION)
             for mb in range(m_mid, m_hi):
                 offs_m = mb * BLOCK_M + offs_m0
                 dk, dv = _dkdv_block(dk, dv, k, v, q_base, do_base, lse_row, delta_row,
@@ -269,10 +304,9 @@ def _dkdv_block(
     (keys along rows). Padded query rows load lse = +inf, so their p is 0."""
     row_mask = offs_m < t
     qd_mask = row_mask[:, None] & d_mask[None, :]
-    q = tl.load(q_base + offs_m[:, None] * stride_q_t + offs_d[None, :] * stride_q_d,
-                mask=qd_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-    do = tl.load(do_base + offs_m[:, None] * stride_do_t + offs_d[None, :] * stride_do_d,
-                 mask=qd_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    q = _load_rows(q_base, offs_m, offs_d, stride_q_t, stride_q_d, qd_mask)  # (BLOCK_M, BLOCK_D)
+    do = _load_rows(do_base, offs_m, offs_d, stride_do_t, stride_do_d,
+                    qd_mask)  # (BLOCK_M, BLOCK_D)
     lse2 = tl.load(lse_row_ptr + offs_m, mask=row_mask, other=float("inf")) * 1.4426950408889634
     delta = tl.load(delta_row_ptr + offs_m, mask=row_mask, other=0.0)  # (BLOCK_M,)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_N, BLOCK_M)
@@ -300,44 +334,28 @@ def _causal_attention_bwd_dq_kernel(
 ):
     # Program (pid_m, b * heads + h) owns dq rows [pid_m * BLOCK_M, ...); dq contiguous.
     #   dp = do v^T,  ds = p (dp - delta),  dq = scale ds k
-    # Last query block first: in raster order it has the most key blocks, and starting the
-    # longest programs first shortens the tail of the launch.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    hk = h // group
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < d
+    pid_m, bh, b, h, hk, offs_m, offs_n, offs_d, d_mask = _query_block(
+        heads, group, d, BLOCK_M, BLOCK_N, BLOCK_D)
     row_mask = offs_m < t
     qd_mask = row_mask[:, None] & d_mask[None, :]
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_q_b + h.to(tl.int64) * stride_q_h
-                + offs_m[:, None] * stride_q_t + offs_d[None, :] * stride_q_d,
-                mask=qd_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
-    do = tl.load(do_ptr + b.to(tl.int64) * stride_do_b + h.to(tl.int64) * stride_do_h
-                 + offs_m[:, None] * stride_do_t + offs_d[None, :] * stride_do_d,
-                 mask=qd_mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    q = _load_rows(_head_ptr(q_ptr, b, h, stride_q_b, stride_q_h), offs_m, offs_d,
+                   stride_q_t, stride_q_d, qd_mask)  # (BLOCK_M, BLOCK_D)
+    do = _load_rows(_head_ptr(do_ptr, b, h, stride_do_b, stride_do_h), offs_m, offs_d,
+                    stride_do_t, stride_do_d, qd_mask)  # (BLOCK_M, BLOCK_D)
     lse2 = tl.load(lse_ptr + bh.to(tl.int64) * t + offs_m, mask=row_mask,
                    other=float("inf")) * 1.4426950408889634  # log2(e)
     delta = tl.load(delta_ptr + bh.to(tl.int64) * t + offs_m, mask=row_mask, other=0.0)
-    k_base = k_ptr + b.to(tl.int64) * stride_k_b + hk.to(tl.int64) * stride_k_h
-    v_base = v_ptr + b.to(tl.int64) * stride_v_b + hk.to(tl.int64) * stride_v_h
+    k_base = _head_ptr(k_ptr, b, hk, stride_k_b, stride_k_h)
+    v_base = _head_ptr(v_ptr, b, hk, stride_v_b, stride_v_h)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     if ORDERED:
-        rank_base = rank_ptr + b * stride_rank_b
-        rank_q = tl.load(rank_base + offs_m, mask=row_mask, other=-1)
-        list_base = blocks_ptr + b * stride_blocks_b + pid_m * stride_blocks_m
-        n_blocks = tl.load(count_ptr + b * stride_count_b + pid_m)
+        rank_base, rank_q, list_base, n_blocks = _block_list(
+            rank_ptr, blocks_ptr, count_ptr, stride_rank_b, stride_blocks_b, stride_blocks_m,
+            stride_count_b, b, pid_m, offs_m, row_mask, -1)
         for i in range(0, n_blocks):
-            kn = tl.load(list_base + i) * BLOCK_N + offs_n
-            rank_k = tl.load(rank_base + kn, mask=kn < t, other=2147483647)
-            if STRICT:
-                visible = rank_k[None, :] < rank_q[:, None]
-            else:
-                visible = rank_k[None, :] <= rank_q[:, None]
+            kn, visible = _listed_keys(list_base, i, rank_base, rank_q, offs_n, t, STRICT,
+                                       BLOCK_N)
             dq = _dq_block(dq, q, do, lse2, delta, k_base, v_base, kn, offs_d, d_mask, t,
                            stride_k_t, stride_k_d, stride_v_t, stride_v_d,
                            visible, scale_log2, True, DOT_PRECISION)
@@ -351,10 +369,7 @@ def _causal_attention_bwd_dq_kernel(
         hi = tl.minimum((pid_m + 1) * BLOCK_M, t)
         for n in range(n_full, tl.cdiv(hi, BLOCK_N)):
             kn = n * BLOCK_N + offs_n
-            if STRICT:
-                visible = kn[None, :] < offs_m[:, None]
-            else:
-                visible = kn[None, :] <= offs_m[:, None]
+            visible = _sees(kn[None, :], offs_m[:, None], STRICT)
             dq = _dq_block(dq, q, do, lse2, delta, k_base, v_base, kn, offs_d, d_mask, t,
                            stride_k_t, stride_k_d, stride_v_t, stride_v_d,
                            visible, scale_log2, True, DOT_PRECISION)
@@ -371,10 +386,8 @@ def _dq_block(
 ):
     """Add one key block's contribution to dq (unscaled)."""
     kv_mask = (kn < t)[:, None] & d_mask[None, :]
-    k = tl.load(k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-                mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    v = tl.load(v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-                mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    k = _load_rows(k_base, kn, offs_d, stride_k_t, stride_k_d, kv_mask)  # (BLOCK_N, BLOCK_D)
+    v = _load_rows(v_base, kn, offs_d, stride_v_t, stride_v_d, kv_mask)  # (BLOCK_N, BLOCK_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
     p = tl.exp2(s - lse2[:, None])
     if MASKED:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from artrt.kernels.attention import _fwd_block, _num_warps, block_d, check_heads_grid
+from artrt.kernels.attention import _fwd_block, _head_ptr, _num_warps, block_d, check_heads_grid
 
 # Keys per inner step; 64 keeps a (64, D) key tile and a (rows, 64) score tile in registers
 # for D <= 128. Not yet tuned on a GPU.
@@ -70,8 +70,8 @@ def _attention_decode_fwd_kernel(
     last = length - tq + tt  # (BLOCK_M,) last visible key of each row
     if STRICT:
         last = last - 1
-    k_base = k_ptr + b.to(tl.int64) * stride_k_b + hk.to(tl.int64) * stride_k_h
-    v_base = v_ptr + b.to(tl.int64) * stride_v_b + hk.to(tl.int64) * stride_v_h
+    k_base = _head_ptr(k_ptr, b, hk, stride_k_b, stride_k_h)
+    v_base = _head_ptr(v_ptr, b, hk, stride_v_b, stride_v_h)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -82,12 +82,9 @@ def _attention_decode_fwd_kernel(
         kn = n + offs_n  # (BLOCK_N,)
         in_chunk = kn < end
         visible = (kn[None, :] <= last[:, None]) & in_chunk[None, :]
-        kv_mask = in_chunk[:, None] & d_mask[None, :]
-        acc, m_i, l_i = _fwd_block(
-            acc, m_i, l_i, q,
-            k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d,
-            v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d,
-            kv_mask, visible, scale_log2, True, DOT_PRECISION)
+        acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, k_base, v_base, kn, in_chunk, offs_d,
+                                   d_mask, stride_k_t, stride_k_d, stride_v_t, stride_v_d,
+                                   visible, scale_log2, True, DOT_PRECISION)
 
     has_key = l_i > 0.0
     o = acc / tl.where(has_key, l_i, 1.0)[:, None]

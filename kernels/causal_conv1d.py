@@ -65,6 +65,30 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _mix_channels(
+    acc_a, acc_b, src_base, stride_src_c, stride_src_t, ts, ts_mask, n_c,
+    w_ptr, stride_w_o, stride_w_c, w_tap, o, o_mask, cout, cr,
+    GATED: tl.constexpr, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """acc_a += w[o, :] @ src[:, ts] over the n_c source channels, BLOCK_C at a time (src
+    read as 0 where ts_mask is False, w offset by w_tap); GATED: also
+    acc_b += w[cout + o, :] @ src[:, ts]."""
+    for c0 in range(0, n_c, BLOCK_C):
+        c = c0 + cr
+        c_mask = c < n_c
+        xt = tl.load(src_base + c[:, None] * stride_src_c + ts[None, :] * stride_src_t,
+                     mask=c_mask[:, None] & ts_mask[None, :], other=0.0)  # (BLOCK_C, BLOCK_T)
+        w_off = o[:, None] * stride_w_o + c[None, :] * stride_w_c + w_tap
+        w_mask = o_mask[:, None] & c_mask[None, :]
+        wa = tl.load(w_ptr + w_off, mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
+        acc_a = _dot(wa, xt, acc_a, PRECISION, DOT_FP32)
+        if GATED:
+            wb = tl.load(w_ptr + w_off + cout * stride_w_o, mask=w_mask, other=0.0)
+            acc_b = _dot(wb, xt, acc_b, PRECISION, DOT_FP32)
+    return acc_a, acc_b
+
+
+@triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, cond_ptr, wc_ptr, aux_ptr, out_ptr,
     stride_x_b, stride_x_c, stride_x_t,
@@ -99,35 +123,17 @@ def _causal_conv1d_fwd_kernel(
     for i in tl.static_range(KSIZE):
         # acc += w[o, :, i] @ x[b, :, t - (K-1-i) d]
         ts = t - (KSIZE - 1 - i) * dilation  # (BLOCK_T,) source positions
-        ts_mask = (ts >= 0) & (ts < t_len)
-        for c0 in range(0, cin, BLOCK_C):
-            c = c0 + cr
-            c_mask = c < cin
-            xt = tl.load(x_base + c[:, None] * stride_x_c + ts[None, :] * stride_x_t,
-                         mask=c_mask[:, None] & ts_mask[None, :], other=0.0)  # (BLOCK_C, BLOCK_T)
-            w_off = o[:, None] * stride_w_o + c[None, :] * stride_w_c + i * stride_w_k
-            w_mask = o_mask[:, None] & c_mask[None, :]
-            wa = tl.load(w_ptr + w_off, mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
-            acc_a = _dot(wa, xt, acc_a, PRECISION, DOT_FP32)
-            if EPILOGUE != 0:
-                wb = tl.load(w_ptr + w_off + cout * stride_w_o, mask=w_mask, other=0.0)
-                acc_b = _dot(wb, xt, acc_b, PRECISION, DOT_FP32)
+        acc_a, acc_b = _mix_channels(
+            acc_a, acc_b, x_base, stride_x_c, stride_x_t, ts, (ts >= 0) & (ts < t_len), cin,
+            w_ptr, stride_w_o, stride_w_c, i * stride_w_k, o, o_mask, cout, cr,
+            EPILOGUE != 0, PRECISION, DOT_FP32, BLOCK_C)
 
     if HAS_COND:
         # acc += wc[o, :] @ cond[b, :, t]   (the 1x1 projection of local conditioning)
-        cond_base = cond_ptr + b * stride_cond_b
-        for c0 in range(0, ccond, BLOCK_C):
-            c = c0 + cr
-            c_mask = c < ccond
-            ct = tl.load(cond_base + c[:, None] * stride_cond_c + t[None, :] * stride_cond_t,
-                         mask=c_mask[:, None] & t_mask[None, :], other=0.0)  # (BLOCK_C, BLOCK_T)
-            w_off = o[:, None] * stride_wc_o + c[None, :] * stride_wc_c
-            w_mask = o_mask[:, None] & c_mask[None, :]
-            wa = tl.load(wc_ptr + w_off, mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
-            acc_a = _dot(wa, ct, acc_a, PRECISION, DOT_FP32)
-            if EPILOGUE != 0:
-                wb = tl.load(wc_ptr + w_off + cout * stride_wc_o, mask=w_mask, other=0.0)
-                acc_b = _dot(wb, ct, acc_b, PRECISION, DOT_FP32)
+        acc_a, acc_b = _mix_channels(
+            acc_a, acc_b, cond_ptr + b * stride_cond_b, stride_cond_c, stride_cond_t, t, t_mask,
+            ccond, wc_ptr, stride_wc_o, stride_wc_c, 0, o, o_mask, cout, cr,
+            EPILOGUE != 0, PRECISION, DOT_FP32, BLOCK_C)
 
     if HAS_BIAS:
         # bias is (B, rows) or (rows,) (stride_bias_b = 0)

@@ -124,6 +124,41 @@ def _tile(hw, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _pixel_offset(b, p, w_size, stride_b, stride_h, stride_w):
+    """Offset of pixel p (flattened over H, W) of image b in a (B, ., H, W) tensor."""
+    h = p // w_size
+    w = p - h * w_size
+    return b * stride_b + h * stride_h + w * stride_w
+
+
+@triton.jit
+def _component_params(p_ptr, base, ck, mask, CH: tl.constexpr):
+    """fp32 parameters of the components at offsets ``base`` of params (any shape), ck the
+    offset of one block of K channels: m0, s0 (channel 0's mean and raw log-scale) and, for
+    C = 3, m1, m2, s1, s2 and the tanh'd coefficients c0, c1, c2; for C = 1 those six are m0
+    and s0 again, placeholders so that both constexpr branches bind the same names."""
+    m0 = tl.load(p_ptr + base + ck, mask=mask, other=0.0).to(tl.float32)
+    s0 = tl.load(p_ptr + base + (1 + CH) * ck, mask=mask, other=0.0).to(tl.float32)
+    if CH == 3:
+        m1 = tl.load(p_ptr + base + 2 * ck, mask=mask, other=0.0).to(tl.float32)
+        m2 = tl.load(p_ptr + base + 3 * ck, mask=mask, other=0.0).to(tl.float32)
+        s1 = tl.load(p_ptr + base + 5 * ck, mask=mask, other=0.0).to(tl.float32)
+        s2 = tl.load(p_ptr + base + 6 * ck, mask=mask, other=0.0).to(tl.float32)
+        c0 = _tanh(tl.load(p_ptr + base + 7 * ck, mask=mask, other=0.0).to(tl.float32))
+        c1 = _tanh(tl.load(p_ptr + base + 8 * ck, mask=mask, other=0.0).to(tl.float32))
+        c2 = _tanh(tl.load(p_ptr + base + 9 * ck, mask=mask, other=0.0).to(tl.float32))
+    else:
+        m1 = m0
+        m2 = m0
+        s1 = s0
+        s2 = s0
+        c0 = m0
+        c1 = m0
+        c2 = m0
+    return m0, s0, m1, m2, s1, s2, c0, c1, c2
+
+
+@triton.jit
 def _mixture(
     p_ptr, x_ptr,
     stride_p_b, stride_p_c, stride_p_h, stride_p_w,
@@ -139,10 +174,8 @@ def _mixture(
     p_mask = p < hw
     k_mask = k < num_mix
     mask = k_mask[:, None] & p_mask[None, :]
-    h = p // w_size
-    w = p - h * w_size
-    pix = (b * stride_p_b + h * stride_p_h + w * stride_p_w)[None, :]  # (1, BLOCK_P)
-    xpix = b * stride_x_b + h * stride_x_h + w * stride_x_w  # (BLOCK_P,)
+    pix = _pixel_offset(b, p, w_size, stride_p_b, stride_p_h, stride_p_w)[None, :]  # (1, BLOCK_P)
+    xpix = _pixel_offset(b, p, w_size, stride_x_b, stride_x_h, stride_x_w)  # (BLOCK_P,)
     kc = k[:, None] * stride_p_c  # (BLOCK_K, 1)
     ck = num_mix * stride_p_c  # one block of K channels
 
@@ -151,20 +184,12 @@ def _mixture(
     edge = 1.0 - half_bin
 
     x0 = tl.load(x_ptr + xpix, mask=p_mask, other=0.0).to(tl.float32)[None, :]
-    m0 = tl.load(p_ptr + pix + kc + ck, mask=mask, other=0.0).to(tl.float32)
-    s0 = tl.load(p_ptr + pix + kc + (1 + CH) * ck, mask=mask, other=0.0).to(tl.float32)
+    m0, s0, m1, m2, s1, s2, c0, c1, c2 = _component_params(p_ptr, pix + kc, ck, mask, CH)
     lp0, dm0, ds0 = _bin_logprob(x0, m0, s0, x0 < -edge, x0 > edge, half_bin, log_half_levels)
     if CH == 3:
         x1 = tl.load(x_ptr + xpix + stride_x_c, mask=p_mask, other=0.0).to(tl.float32)[None, :]
         x2 = tl.load(x_ptr + xpix + 2 * stride_x_c, mask=p_mask,
                      other=0.0).to(tl.float32)[None, :]
-        m1 = tl.load(p_ptr + pix + kc + 2 * ck, mask=mask, other=0.0).to(tl.float32)
-        m2 = tl.load(p_ptr + pix + kc + 3 * ck, mask=mask, other=0.0).to(tl.float32)
-        s1 = tl.load(p_ptr + pix + kc + 5 * ck, mask=mask, other=0.0).to(tl.float32)
-        s2 = tl.load(p_ptr + pix + kc + 6 * ck, mask=mask, other=0.0).to(tl.float32)
-        c0 = _tanh(tl.load(p_ptr + pix + kc + 7 * ck, mask=mask, other=0.0).to(tl.float32))
-        c1 = _tanh(tl.load(p_ptr + pix + kc + 8 * ck, mask=mask, other=0.0).to(tl.float32))
-        c2 = _tanh(tl.load(p_ptr + pix + kc + 9 * ck, mask=mask, other=0.0).to(tl.float32))
         # mean_G = m_G + c0 x_R,  mean_B = m_B + c1 x_R + c2 x_G
         lp1, dm1, ds1 = _bin_logprob(x1, m1 + c0 * x0, s1, x1 < -edge, x1 > edge,
                                      half_bin, log_half_levels)
@@ -178,9 +203,6 @@ def _mixture(
         dm2 = dm0
         ds1 = ds0
         ds2 = ds0
-        c0 = logit
-        c1 = logit
-        c2 = logit
         lp = lp0
     z = tl.where(k_mask[:, None], logit + lp, float("-inf"))
     return (logit, z, mask, pix, kc, ck, x0, x1, x2, c0, c1, c2,
@@ -288,10 +310,8 @@ def _dmol_sample_kernel(
     k = tl.arange(0, BLOCK_K)
     p_mask = p < hw
     mask = (k < num_mix)[:, None] & p_mask[None, :]
-    h = p // w_size
-    w = p - h * w_size
-    pix = b * stride_p_b + h * stride_p_h + w * stride_p_w  # (BLOCK_P,)
-    upix = b * stride_u_b + h * stride_u_h + w * stride_u_w
+    pix = _pixel_offset(b, p, w_size, stride_p_b, stride_p_h, stride_p_w)  # (BLOCK_P,)
+    upix = _pixel_offset(b, p, w_size, stride_u_b, stride_u_h, stride_u_w)
     logit = tl.load(p_ptr + pix[None, :] + k[:, None] * stride_p_c, mask=mask,
                     other=0.0).to(tl.float32)
     # inverse CDF: k* = #{k : cumsum_k(e) <= u0 * total}, e_k = exp(logit_k - max), clamped
@@ -306,19 +326,12 @@ def _dmol_sample_kernel(
     sel = pix + ksel * stride_p_c  # offset of component k*'s logit
     ck = num_mix * stride_p_c
     out = out_ptr + b * CH * hw + p
-    mean0 = tl.load(p_ptr + sel + ck, mask=p_mask, other=0.0).to(tl.float32)
-    ls0 = tl.load(p_ptr + sel + (1 + CH) * ck, mask=p_mask, other=0.0).to(tl.float32)
+    mean0, ls0, mean1, mean2, ls1, ls2, c0, c1, c2 = _component_params(p_ptr, sel, ck, p_mask,
+                                                                          CH)
     u1 = tl.load(u_ptr + upix + stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
     x0 = _logistic_level(mean0, ls0, u1, half_levels, last)
     tl.store(out, x0, mask=p_mask)
     if CH == 3:
-        mean1 = tl.load(p_ptr + sel + 2 * ck, mask=p_mask, other=0.0).to(tl.float32)
-        mean2 = tl.load(p_ptr + sel + 3 * ck, mask=p_mask, other=0.0).to(tl.float32)
-        ls1 = tl.load(p_ptr + sel + 5 * ck, mask=p_mask, other=0.0).to(tl.float32)
-        ls2 = tl.load(p_ptr + sel + 6 * ck, mask=p_mask, other=0.0).to(tl.float32)
-        c0 = _tanh(tl.load(p_ptr + sel + 7 * ck, mask=p_mask, other=0.0).to(tl.float32))
-        c1 = _tanh(tl.load(p_ptr + sel + 8 * ck, mask=p_mask, other=0.0).to(tl.float32))
-        c2 = _tanh(tl.load(p_ptr + sel + 9 * ck, mask=p_mask, other=0.0).to(tl.float32))
         u2 = tl.load(u_ptr + upix + 2 * stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
         u3 = tl.load(u_ptr + upix + 3 * stride_u_c, mask=p_mask, other=0.5).to(tl.float32)
         # G depends on the sampled (quantised) R, B on the sampled R and G
