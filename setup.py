@@ -36,10 +36,10 @@ def _build_mode() -> str:
     return mode
 
 
-def _build_requires() -> list[str]:
+def _build_requires(build: bool) -> list[str]:
     """What building the extension needs that is not importable yet (pip installs these
     into an isolated build environment; a non-isolated build that has them needs nothing)."""
-    if _build_mode() == "0":
+    if not build:
         return []
     needs = {"pybind11": "pybind11>=2.12", "ninja": "ninja"}
     return [req for mod, req in needs.items() if importlib.util.find_spec(mod) is None]
@@ -75,17 +75,23 @@ def _gencode_flags() -> list[str]:
     return flags
 
 
+def _builds_extension() -> bool:
+    """Whether this install builds ``artrt._C``: ARTRT_CUDA_BUILD=1 always (failing loudly
+    without nvcc), 0 never, auto when nvcc is found. When it is not built it is not declared
+    at all, so that every install path (wheel, editable, build_ext) goes without it."""
+    mode = _build_mode()
+    if mode == "auto" and _find_nvcc() is None:
+        print("artrt: nvcc not found, installing without the CUDA extension "
+              "(set ARTRT_CUDA_BUILD=1 to require it)", file=sys.stderr)
+        return False
+    return mode != "0"
+
+
 class NvccNinjaBuild(build_ext):
     """build_ext that compiles ``artrt._C`` with nvcc, driven by a generated build.ninja."""
 
     def build_extension(self, ext: Extension) -> None:
-        mode = _build_mode()
         nvcc = _find_nvcc()
-        if mode == "0" or (mode == "auto" and nvcc is None):
-            if mode == "auto":
-                print("artrt: nvcc not found, installing without the CUDA extension "
-                      "(set ARTRT_CUDA_BUILD=1 to require it)", file=sys.stderr)
-            return
         if nvcc is None:
             raise RuntimeError("ARTRT_CUDA_BUILD=1 but nvcc was not found on PATH or in CUDA_HOME")
         self._nvcc_build(ext, nvcc)
@@ -124,6 +130,8 @@ class NvccNinjaBuild(build_ext):
         subprocess.run([_find_ninja(), "-C", str(build_dir)], check=True)
 
 
+BUILD_EXTENSION = _builds_extension()
+
 setup(
     name="artrt",
     version="0.1.0",
@@ -133,10 +141,12 @@ setup(
     python_requires=">=3.10",
     packages=[*find_packages(include=["artrt", "artrt.*"]), "artrt.kernels"],
     package_dir={"artrt.kernels": "kernels"},
-    ext_modules=[Extension("artrt._C", sources=CUDA_SOURCES)],
+    ext_modules=[Extension("artrt._C", sources=CUDA_SOURCES)] if BUILD_EXTENSION else [],
     cmdclass={"build_ext": NvccNinjaBuild},
-    setup_requires=_build_requires(),
-    install_requires=["torch>=2.11", "triton>=3.6; platform_system == 'Linux'", "tqdm"],
+    setup_requires=_build_requires(BUILD_EXTENSION),
+    # The tested range (README): torch 2.11-2.13, triton 3.6-3.9.
+    install_requires=["torch>=2.11,<2.14", "triton>=3.6,<3.10; platform_system == 'Linux'",
+                      "tqdm"],
     extras_require={
         # numpy: the Triton interpreter needs it; pybind11, ninja, setuptools: the tests
         # drive setup.py's extension build.

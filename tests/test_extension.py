@@ -53,16 +53,18 @@ def test_extension_rejects_bad_arguments():
             ext.gated_fwd(**{**args, **bad})
 
 
-def _setup(env_updates: dict[str, str], tmp_path: Path, path: str | None = None):
+def _setup(env_updates: dict[str, str], tmp_path: Path, path: str | None = None,
+           command: tuple[str, ...] | None = None):
     env = {**os.environ, **env_updates}
     env.pop("CUDA_HOME", None)
     env.pop("CUDA_PATH", None)
     if path is not None:
         env["PATH"] = path
-    return subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
-         "--build-temp", str(tmp_path / "tmp")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if command is None:
+        command = ("build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp",
+                   str(tmp_path / "tmp"))
+    return subprocess.run([sys.executable, "setup.py", "-q", *command], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_build_mode_validated(tmp_path):
@@ -87,3 +89,30 @@ def test_build_disabled(tmp_path):
     r = _setup({"ARTRT_CUDA_BUILD": "0"}, tmp_path)
     assert r.returncode == 0, r.stderr
     assert not list((tmp_path / "lib").rglob("_C*"))
+
+
+@pytest.mark.parametrize("mode, path", [("0", None), ("auto", "/usr/bin:/bin")],
+                         ids=["disabled", "auto-without-nvcc"])
+def test_editable_install_without_the_extension(mode, path, tmp_path):
+    """``pip install -e .`` builds an editable wheel: without the extension it must not look
+    for a ``_C`` library that was never built."""
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    r = _setup({"ARTRT_CUDA_BUILD": mode}, tmp_path, path=path,
+               command=("editable_wheel", "--dist-dir", str(dist)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = dist.glob("artrt-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")  # pure Python: no extension declared
+
+
+def test_install_requires_the_tested_torch_and_triton(tmp_path):
+    """The README's range, so that ``pip install`` never pulls an untested (and, on a CPU
+    machine, gigabytes of CUDA) torch."""
+    r = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "ARTRT_CUDA_BUILD": "0"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    requires = (tmp_path / "artrt.egg-info" / "requires.txt").read_text().splitlines()
+    assert "torch<2.14,>=2.11" in requires
+    assert any(line.startswith("triton<3.10,>=3.6") for line in requires), requires
+    assert "torch 2.11 to 2.13, triton 3.6 to 3.9" in (ROOT / "README.md").read_text()
