@@ -87,3 +87,46 @@ def test_bench_smoke(tmp_path):
 def test_ruff_clean():
     r = _run("-m", "ruff", "check", str(ROOT))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth, except under ``if TYPE_CHECKING:``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+# What each layer of the package must never import (ARCHITECTURE.md: arrows point down).
+_ABOVE = {
+    "kernels": ("artrt.ops", "artrt.nn", "artrt.sampling", "artrt.models", "artrt.patch",
+                "artrt.integrations", "artrt.train", "artrt.cli", "artrt.data"),
+    "artrt/ops": ("artrt.nn", "artrt.sampling", "artrt.models", "artrt.patch",
+                  "artrt.integrations", "artrt.train", "artrt.cli", "artrt.data"),
+    "artrt/nn": ("artrt.sampling", "artrt.models", "artrt.patch", "artrt.integrations",
+                 "artrt.train", "artrt.cli"),
+    "artrt/sampling": ("artrt.models", "artrt.patch", "artrt.integrations", "artrt.train",
+                       "artrt.cli"),
+    "artrt/models": ("artrt.patch", "artrt.integrations", "artrt.train", "artrt.cli"),
+}
+
+
+def test_imports_point_down():
+    bad = []
+    for folder, above in _ABOVE.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in _imports(path):
+                if module.startswith(above):
+                    bad.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not bad, "\n".join(bad)

@@ -19,6 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from artrt.data import to_input
+from artrt.ops._checks import check_range, value_range
+
+# Shared with the sampling caches, so they live below both; re-exported for the model files.
+from artrt.sampling._shared import check_cond as check_cond
+from artrt.sampling._shared import grouped_logits as grouped_logits
+from artrt.sampling._shared import level_logits as level_logits
+from artrt.sampling._shared import logit_channels as logit_channels
 from artrt.sampling.cache import ARCache
 
 # --------------------------------------------------------------------------- checks
@@ -54,11 +61,10 @@ def check_data(name: str, x: torch.Tensor, shape: tuple[int, ...], levels: int) 
         raise TypeError(f"{name}: x must hold integer levels (int64 or uint8), got {x.dtype}; "
                         f"floats in [-1, 1] go to forward_input")
     _check_shape(name, "x", x, shape)
-    if x.numel():
-        lo, hi = int(x.min()), int(x.max())  # Python ints: uint8 would wrap levels = 256
-        if lo < 0 or hi >= levels:
-            raise ValueError(f"{name}: x must hold levels in [0, {levels}), got values in "
-                             f"[{lo}, {hi}]")
+    lo, hi = value_range(x)  # one host read; Python numbers, so uint8 cannot wrap
+    if x.numel() and (lo < 0 or hi >= levels):
+        raise ValueError(f"{name}: x must hold levels in [0, {levels}), got values in "
+                         f"[{int(lo)}, {int(hi)}]")
 
 
 def check_input(name: str, v: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -69,24 +75,6 @@ def check_input(name: str, v: torch.Tensor, shape: tuple[int, ...]) -> None:
     _check_shape(name, "input", v, shape)
 
 
-def check_cond(name: str, cond: torch.Tensor | None, batch: int, num_classes: int) -> None:
-    """cond: None when num_classes == 0, else int64 labels (B,) in [0, num_classes)."""
-    if num_classes == 0:
-        if cond is not None:
-            raise ValueError(f"{name}: got cond, but the model is unconditional "
-                             f"(num_classes=0)")
-        return
-    if cond is None:
-        raise ValueError(f"{name}: the model is class-conditional (num_classes={num_classes}): "
-                         f"cond, int64 labels of shape ({batch},), is required")
-    if not isinstance(cond, torch.Tensor) or cond.dtype != torch.int64:
-        raise TypeError(f"{name}: cond must be an int64 tensor of labels, got "
-                        f"{getattr(cond, 'dtype', type(cond).__name__)}")
-    if tuple(cond.shape) != (batch,):
-        raise ValueError(f"{name}: cond must have shape ({batch},), got {tuple(cond.shape)}")
-    if cond.numel() and (cond.min() < 0 or cond.max() >= num_classes):
-        raise ValueError(f"{name}: labels must be in [0, {num_classes}), got values in "
-                         f"[{cond.min().item()}, {cond.max().item()}]")
 
 
 # --------------------------------------------------------------------------- likelihood, sampling
@@ -121,8 +109,7 @@ def draw_uniforms(name: str, n: int, shape: tuple[int, ...], generator: torch.Ge
     if tuple(uniforms.shape) != (n, *shape):
         raise ValueError(f"{name}: uniforms must have shape {(n, *shape)}, got "
                          f"{tuple(uniforms.shape)}")
-    if uniforms.numel() and (uniforms.min() < 0 or uniforms.max() >= 1):
-        raise ValueError(f"{name}: uniforms must lie in [0, 1)")
+    check_range(name, "uniforms", uniforms, 0.0, 1.0)  # NaN is out of range too
     return uniforms.to(device=device, dtype=torch.float32)
 
 
@@ -138,32 +125,7 @@ def sampling_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-# --------------------------------------------------------------------------- output layout, order
-
-
-def logit_channels(levels: int) -> int:
-    """Outputs per variable: 1 (a Bernoulli logit) for binary data, else ``levels``."""
-    return 1 if levels == 2 else levels
-
-
-def level_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
-    """(B, K, *rest) network outputs, K = :func:`logit_channels` -> (B, levels, *rest) logits.
-
-    A Bernoulli logit l (K = 1, binary data) becomes the two-level logits (0, l), whose
-    softmax is (1 - sigmoid(l), sigmoid(l)): the same distribution, in the categorical
-    layout that ``categorical_nll`` and ``inverse_cdf`` take.
-    """
-    if levels != 2:
-        return out
-    return torch.cat([torch.zeros_like(out), out], 1)
-
-
-def grouped_logits(out: torch.Tensor, levels: int) -> torch.Tensor:
-    """Colour-grouped convolution outputs (B, C * K, H, W), channel ``c * K + k`` (K =
-    :func:`logit_channels`) -> logits (B, levels, C, H, W)."""
-    b, _, height, width = out.shape
-    out = out.view(b, -1, logit_channels(levels), height, width).transpose(1, 2)
-    return level_logits(out, levels)  # (B, levels, C, H, W)
+# --------------------------------------------------------------------------- generation order
 
 
 def raster_steps(shape: tuple[int, ...]) -> torch.Tensor:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from artrt.sampling._shared import check_cond
+
 
 class ARCache:
     """Incremental sampling state of ``model`` for ``batch_size`` sequences on ``device``.
@@ -61,8 +63,6 @@ class ARCache:
 
     def reset(self, cond: torch.Tensor | None = None) -> None:
         """Start a new batch of samples (optionally with new labels ``cond`` (B,))."""
-        from artrt.models._common import check_cond  # models import this module
-
         check_cond(type(self).__name__, cond, self.batch_size, self.model.config.num_classes)
         if cond is not None and cond.device != self.device:
             cond = cond.to(self.device)

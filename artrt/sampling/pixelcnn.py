@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt.data import to_input
-from artrt.models._common import grouped_logits
+from artrt.sampling._shared import grouped_logits
 from artrt.sampling.cache import ARCache
 
 
