@@ -122,7 +122,7 @@ class ARRNN(DiscreteARModel):
         e = torch.cat([self.start.expand(b, 1, -1), e], 1)  # (B, D, E)
         out, _ = self.lstm(self._add_context(e, slice(None), cond))  # (B, D, hidden)
         logits = self._logits(out)[:, :, self.steps]  # (B, L, D) back in x's layout
-        return logits.reshape(b, -1, *self.shape)
+        return logits.reshape(b, logits.shape[1], *self.shape)
 
     def step(self, prev: torch.Tensor, t: int, state: LSTMState | None = None,
              cond: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMState]:

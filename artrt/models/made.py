@@ -174,7 +174,8 @@ class MADE(DiscreteARModel):
         out = self.out(h)  # (B, K * D)
         if biases[-1] is not None:
             out = out + biases[-1]
-        return level_logits(out.view(b, -1, *self.shape), self.config.levels)
+        return level_logits(out.view(b, logit_channels(self.config.levels), *self.shape),
+                            self.config.levels)
 
     def new_cache(self, batch_size: int, cond: torch.Tensor | None = None) -> MADECache:
         """A :class:`artrt.sampling.made.MADECache` for ``batch_size`` samples under the

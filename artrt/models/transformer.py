@@ -153,7 +153,7 @@ class ARTransformer(DiscreteARModel):
         for block in self.blocks:
             e = block(e, order)
         logits = self.head(self.ln_f(e))  # (B, T, L)
-        return logits.view(b, h, w, c, -1).permute(0, 4, 3, 1, 2)  # (B, L, C, H, W)
+        return logits.view(b, h, w, c, logits.shape[-1]).permute(0, 4, 3, 1, 2)  # (B, L, C, H, W)
 
     def new_cache(self, batch_size: int, cond: torch.Tensor | None = None
                   ) -> ARTransformerCache:

@@ -135,7 +135,8 @@ class WaveNet(DiscreteARModel):
             skips = skips + skip
         logits = self.head(skips)  # (B, L, T)
         spatial = self.shape[1:]
-        return logits.view(b, -1, *spatial, self.shape[0]).movedim(-1, 2)  # (B, L, *shape)
+        logits = logits.view(b, logits.shape[1], *spatial, self.shape[0])
+        return logits.movedim(-1, 2)  # (B, L, *shape)
 
     def new_cache(self, batch_size: int, cond: torch.Tensor | None = None, *,
                   cuda_graph: bool = True) -> WaveNetCache:

@@ -122,9 +122,10 @@ def assert_training_lowers_loss(model, x, cond=None, steps: int = 20, lr: float 
 
 
 def assert_bad_inputs(model, uniforms_shape: tuple[int, ...] | None = None) -> None:
-    """Clear errors for wrong types, shapes, value ranges, labels and sampling arguments;
-    uint8 levels (the data sets' dtype) are accepted, up to 255. uniforms_shape: a sample's
-    uniforms, by default one per position (``config.shape``)."""
+    """Clear errors for wrong types, shapes, value ranges, labels and sampling arguments
+    (uniforms out of [0, 1) or NaN); the nll of an empty batch is empty; uint8 levels (the
+    data sets' dtype) are accepted, up to 255. uniforms_shape: a sample's uniforms, by
+    default one per position (``config.shape``)."""
     cfg = model.config
     shape, levels = tuple(cfg.shape), cfg.levels
     u_shape = shape if uniforms_shape is None else tuple(uniforms_shape)
@@ -151,8 +152,14 @@ def assert_bad_inputs(model, uniforms_shape: tuple[int, ...] | None = None) -> N
         model.sample(0, cond)
     with pytest.raises(ValueError, match="uniforms must have shape"):
         model.sample(2, cond, uniforms=torch.rand(3, *u_shape))
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        model.sample(2, cond, uniforms=torch.ones(2, *u_shape))
+    for bad, held in ((1.0, r"values in \[1, 1\]"), (-0.5, r"values in \[-0.5, -0.5\]"),
+                      (math.nan, "a NaN")):
+        with pytest.raises(ValueError, match=rf"uniforms must lie in \[0.0, 1.0\), got {held}"):
+            model.sample(2, cond, uniforms=torch.full((2, *u_shape), bad))
+    # an empty batch: (0,) nats, and a backward that runs
+    empty = model.nll(x[:0], None if cond is None else cond[:0])
+    assert empty.shape == (0,)
+    empty.sum().backward()
     if cfg.num_classes:
         with pytest.raises(ValueError, match="labels must be in"):
             model.nll(x, torch.tensor([0, cfg.num_classes]))
