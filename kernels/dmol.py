@@ -86,15 +86,18 @@ def _bin_logprob(x, mean, log_scale_raw, low, high, half_bin, log_half_levels):
     one_m_e, e_d = _one_minus_exp(d)
     sp_nplus = _softplus(-plus)
     sp_minus = _softplus(minus)
-    delta = (1.0 - sig_nplus) * (1.0 - sig_minus) * one_m_e
-    use_delta = delta > 1e-5
+    lp_delta = -sp_nplus - sp_minus + _log(one_m_e)
+    # delta > 1e-5 decided on log delta (full relative accuracy in both tails), never on
+    # 1 - sigmoid(-plus) or 1 - sigmoid(minus): those cancel to a relative error of
+    # ~eps / delta (0.3 % at delta = 1e-5), which took the wrong branch for ~2 % of the
+    # sub-pixels near the switch.  ln(1e-5) = -11.512925464970229
+    use_delta = lp_delta > -11.512925464970229
     # Four cases (d plus / d mean = -inv, d plus / d s = -plus; the same for minus, mid):
     #   x = -1:         lp = log sigmoid(plus)       = -softplus(-plus)
     #   x = 1:          lp = log(1 - sigmoid(minus)) = -softplus(minus)
     #   delta > 1e-5:   lp = log delta
     #   else:           lp = mid - s - 2 softplus(mid) - log((L - 1) / 2)
     #                   (density at the center times the bin width 2 / (L - 1))
-    lp_delta = -sp_nplus - sp_minus + _log(one_m_e)
     lp_pdf = mid - s - 2.0 * _softplus(mid) - log_half_levels
     lp = tl.where(low, -sp_nplus, tl.where(high, -sp_minus, tl.where(use_delta, lp_delta, lp_pdf)))
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops._checks import capturing, check_finite, check_range
 
 # Backends of these ops on CUDA tensors, fastest first (provisional until measured on a GPU).
 PREFERENCE = ("triton", "reference")
@@ -291,15 +292,13 @@ def _check(params, x, num_mix, levels, what: str = "dmol_nll") -> int:
 
 
 def _check_x_values(x: torch.Tensor, levels: int) -> None:
-    """x in [-1, 1] and on the L-level grid (to 0.05 of a level: fp16 x passes at L = 256).
-    Data-dependent, so it runs inside the op, never in a traced graph."""
-    if x.numel() == 0:
+    """x in [-1, 1] (a NaN is not) and on the L-level grid (to 0.05 of a level: fp16 x passes
+    at L = 256). Data-dependent, so it runs inside the op, never in a traced graph; two host
+    reads (the range, then the grid), skipped while a CUDA graph is captured."""
+    check_range("dmol_nll", "x", x, -1.0, 1.0, hi_open=False)
+    if x.numel() == 0 or capturing():
         return
-    xf = x.float()
-    lo, hi = xf.min().item(), xf.max().item()
-    if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
-        raise ValueError(f"dmol_nll: x must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    v = (xf + 1.0) * ((levels - 1) / 2)  # the level index i of x = (2i - (L - 1)) / (L - 1)
+    v = (x.float() + 1.0) * ((levels - 1) / 2)  # the level index i of x = (2i - (L - 1)) / (L - 1)
     off = (v - v.round()).abs().max().item()
     if off > 0.05:
         raise ValueError(f"dmol_nll: x must be quantised to the {levels} levels "
@@ -308,10 +307,12 @@ def _check_x_values(x: torch.Tensor, levels: int) -> None:
                          f"{off:.3f} of a level away from the grid")
 
 
-def _check_uniforms_values(u: torch.Tensor) -> None:
-    if u.numel() and (u.min().item() < 0.0 or u.max().item() >= 1.0):
-        raise ValueError(f"dmol_sample: uniforms must lie in [0, 1), got values in "
-                         f"[{u.min().item():.4g}, {u.max().item():.4g}]")
+def _check_sample_values(params: torch.Tensor, u: torch.Tensor) -> None:
+    """uniforms in [0, 1) and params finite (a NaN is neither): the sampler's clamp to [-1, 1]
+    would turn a NaN into a valid-looking level. One host read each, inside the op, skipped
+    while a CUDA graph is captured."""
+    check_range("dmol_sample", "uniforms", u, 0.0, 1.0)
+    check_finite("dmol_sample", "params (logits, means, log-scales, coefficients)", params)
 
 
 # --------------------------------------------------------------------------- torch.library ops
@@ -393,7 +394,7 @@ def _dmol_sample_op(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int, 
     channels = _check_params(params, num_mix, "dmol_sample")
     _check_levels(levels, "dmol_sample")
     _check_data(params, uniforms, "uniforms", 1 + channels, "dmol_sample")
-    _check_uniforms_values(uniforms)
+    _check_sample_values(params, uniforms)
     name = backends.select("dmol_sample", params.device, params.dtype, backend, PREFERENCE)
     if name == "reference":
         return dmol_sample_ref(params, uniforms, num_mix, levels)
@@ -422,7 +423,8 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int
             the kernels (math in float32), any float dtype for the reference; any strides.
         x: (B, C, H, W) data in [-1, 1] on the L levels (2i - (L - 1)) / (L - 1),
             i = 0 .. L - 1, C = 3 or 1; any float dtype (float32 recommended: bf16 cannot
-            represent the levels), not differentiated.
+            represent the levels), not differentiated. A value off the grid, outside
+            [-1, 1] or NaN raises ValueError (checked on the host inside the op).
         num_mix: K, the number of mixture components.
         levels: L >= 2, the number of levels of x (256 for 8-bit images, 2 for binary).
         backend: force ``"reference"`` or ``"triton"``; ``None`` follows
@@ -448,12 +450,13 @@ def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator |
     nearest of the L levels.
 
     Args:
-        params: (B, 10 K, H, W) or (B, 3 K, H, W), as in :func:`dmol_nll`.
+        params: (B, 10 K, H, W) or (B, 3 K, H, W), as in :func:`dmol_nll`; finite (a NaN or
+            an infinity raises ValueError rather than being clamped into a level).
         num_mix: K.
         generator: the torch.Generator for the uniforms when ``uniforms`` is None.
         uniforms: optional pre-drawn (B, 1 + C, H, W) floats in [0, 1) (float32 for exact
             reproduction), so that another sampler (e.g. a cached, pixel-by-pixel one) can
-            reproduce the draw exactly.
+            reproduce the draw exactly; a value outside [0, 1) or NaN raises ValueError.
         levels: L >= 2, as in :func:`dmol_nll`.
         backend: as in :func:`dmol_nll`.
 

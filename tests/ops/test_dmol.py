@@ -219,6 +219,59 @@ def test_kernel_extreme_params(backend, channels):
     assert_matches(got, want)
 
 
+def _bin_mass64(x, mean, log_scale_raw, half_bin):
+    """The mass sigmoid(plus) - sigmoid(minus) of x's middle bin, in float64, in the
+    reference's cancellation-free form."""
+    inv = torch.exp(-torch.clamp(log_scale_raw.double(), min=-7.0))
+    centered = x.double() - mean.double()
+    plus, minus = inv * (centered + half_bin), inv * (centered - half_bin)
+    return torch.sigmoid(plus) * torch.sigmoid(-minus) * -torch.expm1(-(plus - minus))
+
+
+def _near_the_switch(n: int, seed: int = 0):
+    """n grayscale sub-pixels (one per image, K = 1, L = 256) whose middle bin holds a mass of
+    1e-5 (1 + r), |r| in [1e-3, 2e-2] of either sign: x 10 to 12 scales below (even index)
+    or above (odd index) the mean, bins 0.3 to 4 scales wide. params (n, 3, 1, 1) and x (n, 1, 1, 1)
+    float32, and r of those float32 values (computed in float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    half_bin = 1 / 255
+    width = torch.tensor([0.3, 1.0, 2.0, 4.0], dtype=torch.float64)  # bin width in scales
+    log_scale = torch.log(2 * half_bin / width)[torch.randint(0, 4, (n,), generator=gen)]
+    side = (torch.arange(n) % 2 * 2 - 1).double()  # x - mean < 0: left tail, > 0: right tail
+    r = torch.empty(n, dtype=torch.float64).uniform_(math.log(1e-3), math.log(2e-2),
+                                                     generator=gen).exp()
+    r = torch.where(torch.rand(n, generator=gen) < 0.5, -r, r)
+    x = on_grid(torch.randint(20, 236, (n,), generator=gen).double(), 256)
+    scale = log_scale.exp()
+    lo, hi = torch.zeros(n, dtype=torch.float64), torch.full((n,), 40.0, dtype=torch.float64)
+    for _ in range(100):  # bisection on t = |x - mean| / scale: the mass falls as t grows
+        t = (lo + hi) / 2
+        heavy = _bin_mass64(x, x - side * t * scale, log_scale, half_bin) > 1e-5 * (1 + r)
+        lo, hi = torch.where(heavy, t, lo), torch.where(heavy, hi, t)
+    mean = (x - side * (lo + hi) / 2 * scale).float()
+    params = torch.stack([torch.zeros(n), mean, log_scale.float()], 1).view(n, 3, 1, 1)
+    x = x.float().view(n, 1, 1, 1)
+    r32 = _bin_mass64(x.view(n), mean, log_scale.float(), half_bin) / 1e-5 - 1
+    return params, x, r32
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_kernel_bin_mass_switch_in_the_tails(backend):
+    """Sub-pixels whose bin mass is within 0.1 % to 2 % of the 1e-5 switch between the mass
+    and the density, in both tails of narrow and wide components: the fp32 kernel takes the
+    float64 reference's branch for every one (a wrong branch costs 0.004 to 0.7 nats and a
+    jump in the gradient). Per sub-pixel NLL and gradient against float64."""
+    n = 128
+    params, x, r = _near_the_switch(n)
+    assert (r.abs() > 5e-4).all() and (r > 0).any() and (r < 0).any()  # both branches
+    grad = torch.ones(n, dtype=torch.float64)
+    want = run(dmol_nll_ref, params.double(), x.double(), 1, grad)
+    got = run(dmol_nll, params.to(DEVICE), x.to(DEVICE), 1, grad.float().to(DEVICE),
+              backend=backend)
+    torch.testing.assert_close(got[0].cpu().double(), want[0], rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(got[1].cpu().double(), want[1], rtol=1e-5, atol=0.0)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("levels", [2, 17, 256])
@@ -454,7 +507,7 @@ def test_bad_input():
         dmol_nll(params, x[:, :1], 2)
     with pytest.raises(ValueError, match="x must have shape"):
         dmol_nll(params, x[:, :, :2], 2)
-    with pytest.raises(ValueError, match="lie in \\[-1, 1\\]"):
+    with pytest.raises(ValueError, match=r"x must lie in \[-1.0, 1.0\], got values in \[-2, 2\]"):
         dmol_nll(params, x * 2.0, 2)
     with pytest.raises(ValueError, match="quantised to the 256 levels"):
         dmol_nll(params, (x + 1) / 2, 2)  # data in [0, 1] with the 2x - 1 forgotten
@@ -474,8 +527,71 @@ def test_bad_input():
         dmol_nll(params, x.to("meta"), 2)
     with pytest.raises(ValueError, match="uniforms must have shape \\(2, 4, 3, 4\\)"):
         dmol_sample(params, 2, uniforms=torch.rand(2, 3, 3, 4))
-    with pytest.raises(ValueError, match="uniforms must lie in \\[0, 1\\)"):
+    with pytest.raises(ValueError, match=r"uniforms must lie in \[0.0, 1.0\), got values in"):
         dmol_sample(params, 2, uniforms=torch.rand(2, 4, 3, 4) + 1.0)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("bad", ["NaN", "inf", "-inf", "above"])
+@pytest.mark.parametrize("channel", [0, 2])
+def test_bad_x_values(backend, bad, channel):
+    """A NaN, infinite or out-of-range x (one sub-pixel) raises on every backend, through the
+    public function and the op."""
+    params, x, _ = make(2, 3, 2, 3, 4)
+    value = {"NaN": math.nan, "inf": math.inf, "-inf": -math.inf, "above": 1.0 + 2 / 255}[bad]
+    x[1, channel, 2, 3] = value
+    held = "a NaN" if bad == "NaN" else "values in"
+    msg = rf"dmol_nll: x must lie in \[-1.0, 1.0\], got {held}"
+    with pytest.raises(ValueError, match=msg):
+        dmol_nll(params, x, 2, backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.artrt.dmol_nll(params, x, 2, 256, backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("bad", ["NaN", "negative", "one"])
+@pytest.mark.parametrize(("channels", "which"), [(3, 0), (3, 2), (1, 0), (1, 1)])
+def test_bad_uniforms(backend, bad, channels, which):
+    """A NaN or out-of-range uniform, the component's (which = 0) or a channel's, raises on
+    every backend instead of becoming a level."""
+    params, _, _ = make(2, channels, 3, 3, 4)
+    u = uniforms_for(params, channels, 0)
+    u[0, which, 1, 2] = {"NaN": math.nan, "negative": -1e-3, "one": 1.0}[bad]
+    held = "a NaN" if bad == "NaN" else "values in"
+    with pytest.raises(ValueError, match=rf"dmol_sample: uniforms must lie in \[0.0, 1.0\), "
+                                         rf"got {held}"):
+        dmol_sample(params, 3, uniforms=u, backend=backend)
+
+
+def _quantity_channel(quantity: str, channels: int, k: int, j: int) -> int:
+    """params' channel of entry j of the quantity (layout of artrt.ops.dmol)."""
+    start = {"logit": 0, "mean": k, "log-scale": k + channels * k, "coeff": k + 2 * channels * k}
+    return start[quantity] + j
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("bad", ["NaN", "inf"])
+@pytest.mark.parametrize(("channels", "quantity", "j"),
+                         [(3, "logit", 1), (3, "mean", 0), (3, "mean", 8), (3, "log-scale", 4),
+                          (3, "coeff", 2), (1, "logit", 0), (1, "mean", 2), (1, "log-scale", 1)])
+def test_sample_non_finite_params(backend, bad, channels, quantity, j):
+    """A NaN or infinite logit, mean, log-scale or coefficient raises on every backend: the
+    sampler's clamp to [-1, 1] would make a valid-looking level of it (one entry of one
+    component at one pixel)."""
+    k = 3
+    params, _, _ = make(2, channels, k, 3, 4)
+    value, held = {"NaN": (math.nan, "a NaN"), "inf": (math.inf, "an infinity")}[bad]
+    channel = _quantity_channel(quantity, channels, k, j)
+    params[1, channel, 2, 0] = value
+    u = uniforms_for(params, channels, 0)
+    msg = rf"dmol_sample: params \(logits, means, log-scales, coefficients\) must be finite, " \
+          rf"got {held}"
+    with pytest.raises(ValueError, match=msg):
+        dmol_sample(params, k, uniforms=u, backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        dmol_sample(params, k, torch.Generator(DEVICE).manual_seed(0), backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.artrt.dmol_sample(params, u, k, 256, backend)
 
 
 @pytest.mark.parametrize("fn", ["nll", "sample", "nll_op", "backward_op", "sample_op"])
