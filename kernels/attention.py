@@ -22,6 +22,10 @@ zero gradients: ``exp2(s - inf) = 0`` makes them drop out of every sum without a
 Departures from the paper: head dims that are not a power of two are zero-padded inside the
 kernel (masked loads) rather than specialised; the delta term ``rowsum(dO * O)`` of the
 backward is computed with one torch op rather than a preprocessing kernel.
+
+Interpreter only (``_INTERPRET``, a compile-time constant: the GPU code is unchanged): bf16
+dot operands go through fp32 and casts to bf16 round to nearest by hand, working around two
+bf16 faults of the triton 3.9 interpreter.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from . import INTERPRET
+from .masked_conv2d import _round_bf16
 
 # Tiles per pass and input dtype. Any sizes >= 16 are correct (the tests run others too).
 # 16-bit inputs (tensor cores): forward 128 queries x 64 keys, the shape of Triton's
@@ -41,6 +48,13 @@ import triton.language as tl
 CONFIG_16BIT = {"fwd_m": 128, "fwd_n": 64, "bwd_m": 64, "bwd_n": 64, "stages": 2}
 CONFIG_FP32 = {"fwd_m": 64, "fwd_n": 32, "bwd_m": 32, "bwd_n": 32, "stages": 1}
 
+
+
+# The triton 3.9 interpreter computes a bf16 tl.dot wrongly (results ~1e9) and truncates an
+# fp32 -> bf16 cast, so under it (only: this is a compile-time constant, False on a GPU)
+# ``_dot`` takes bf16 operands through fp32, which is exact and is what the GPU's bf16
+# tensor-core dot computes (fp32 products and sums), and ``_to`` rounds to nearest by hand.
+_INTERPRET = tl.constexpr(INTERPRET)
 
 
 def _config(dtype: torch.dtype) -> dict:
@@ -64,6 +78,26 @@ def _load_rows(base, rows, offs_d, stride_t, stride_d, mask):
     """The (rows, BLOCK_D) tile of a (T, D) head at ``base``, 0 where ``mask`` is False."""
     return tl.load(base + rows[:, None] * stride_t + offs_d[None, :] * stride_d,
                    mask=mask, other=0.0)
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr):
+    """a @ b, fp32. Under the interpreter bf16 operands go through fp32 (see _INTERPRET)."""
+    if _INTERPRET:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _to(x, dtype: tl.constexpr):
+    """fp32 x cast to ``dtype``, rounding to nearest. Under the interpreter, whose cast to
+    bf16 truncates, x is rounded to a bf16 value by hand first (see _INTERPRET)."""
+    if _INTERPRET:
+        if dtype == tl.bfloat16:
+            x = _round_bf16(x)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -137,7 +171,7 @@ def _fwd_block(
     k_ptrs = k_base + kn[:, None] * stride_k_t + offs_d[None, :] * stride_k_d
     v_ptrs = v_base + kn[:, None] * stride_v_t + offs_d[None, :] * stride_v_d
     k = tl.load(k_ptrs, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
+    s = _dot(q, tl.trans(k), DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))  # (BLOCK_M,)
@@ -146,7 +180,7 @@ def _fwd_block(
     p = tl.exp2(s - m_off[:, None])  # (BLOCK_M, BLOCK_N)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_ptrs, mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + _dot(_to(p, v.dtype), v, DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -209,7 +243,7 @@ def _causal_attention_fwd_kernel(
                    float("inf"))  # 0.69... = ln 2
     row_mask = offs_m < t
     o_off = bh.to(tl.int64) * t * d + offs_m[:, None] * d + offs_d[None, :]
-    tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + o_off, _to(out, out_ptr.dtype.element_ty),
              mask=row_mask[:, None] & d_mask[None, :])
     tl.store(lse_ptr + bh.to(tl.int64) * t + offs_m, lse, mask=row_mask)
 
@@ -290,8 +324,8 @@ def _causal_attention_bwd_dkdv_kernel(
                                      kv_mask, scale_log2, False, DOT_PRECISION)
 
     o_off = bhk.to(tl.int64) * t * d + offs_n[:, None] * d + offs_d[None, :]
-    tl.store(dk_ptr + o_off, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptr + o_off, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dk_ptr + o_off, _to(dk * scale, dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + o_off, _to(dv, dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -309,14 +343,14 @@ def _dkdv_block(
                     qd_mask)  # (BLOCK_M, BLOCK_D)
     lse2 = tl.load(lse_row_ptr + offs_m, mask=row_mask, other=float("inf")) * 1.4426950408889634
     delta = tl.load(delta_row_ptr + offs_m, mask=row_mask, other=0.0)  # (BLOCK_M,)
-    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_N, BLOCK_M)
+    s_t = _dot(k, tl.trans(q), DOT_PRECISION) * scale_log2  # (BLOCK_N, BLOCK_M)
     p_t = tl.exp2(s_t - lse2[None, :])  # 1.44... = log2(e) above
     if MASKED:
         p_t = tl.where(visible, p_t, 0.0)
-    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+    dv += _dot(_to(p_t, do.dtype), do, DOT_PRECISION)
+    dp_t = _dot(v, tl.trans(do), DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
     ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    dk += _dot(_to(ds_t, q.dtype), q, DOT_PRECISION)
     return dk, dv
 
 
@@ -375,7 +409,7 @@ def _causal_attention_bwd_dq_kernel(
                            visible, scale_log2, True, DOT_PRECISION)
 
     tl.store(dq_ptr + bh.to(tl.int64) * t * d + offs_m[:, None] * d + offs_d[None, :],
-             (dq * scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)
+             _to(dq * scale, dq_ptr.dtype.element_ty), mask=qd_mask)
 
 
 @triton.jit
@@ -388,13 +422,13 @@ def _dq_block(
     kv_mask = (kn < t)[:, None] & d_mask[None, :]
     k = _load_rows(k_base, kn, offs_d, stride_k_t, stride_k_d, kv_mask)  # (BLOCK_N, BLOCK_D)
     v = _load_rows(v_base, kn, offs_d, stride_v_t, stride_v_d, kv_mask)  # (BLOCK_N, BLOCK_D)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
+    s = _dot(q, tl.trans(k), DOT_PRECISION) * scale_log2  # (BLOCK_M, BLOCK_N)
     p = tl.exp2(s - lse2[:, None])
     if MASKED:
         p = tl.where(visible, p, 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+    dp = _dot(do, tl.trans(v), DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq += _dot(_to(ds, k.dtype), k, DOT_PRECISION)
     return dq
 
 

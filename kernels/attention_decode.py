@@ -20,7 +20,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from artrt.kernels.attention import _fwd_block, _head_ptr, _num_warps, block_d, check_heads_grid
+from artrt.kernels.attention import (
+    _fwd_block,
+    _head_ptr,
+    _num_warps,
+    _to,
+    block_d,
+    check_heads_grid,
+)
 
 # Keys per inner step; 64 keeps a (64, D) key tile and a (rows, 64) score tile in registers
 # for D <= 128. Not yet tuned on a GPU.
@@ -130,7 +137,7 @@ def _attention_decode_combine_kernel(
     mask = (rows < group * tq)[:, None] & (offs_d < d)[None, :]
     tl.store(out_ptr + b.to(tl.int64) * stride_o_b + h[:, None].to(tl.int64) * stride_o_h
              + tt[:, None] * stride_o_t + offs_d[None, :] * stride_o_d,
-             res.to(out_ptr.dtype.element_ty), mask=mask)
+             _to(res, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _splits(batch_heads: int, t_max: int, device: torch.device) -> tuple[int, int]:

@@ -170,6 +170,15 @@ def _check_tensor(name: str, t, what: str) -> None:
         raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def _check_scale(scale, what: str) -> None:
+    """scale: None or a finite float (a NaN or infinite scale would turn every score into
+    NaN)."""
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"{what}: scale must be a float or None, got {type(scale).__name__}")
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"{what}: scale must be finite, got {scale}")
+
+
 def _check(q, k, v, scale, order, strict, what: str = "causal_attention") -> None:
     """Validate everything that is not data-dependent (shapes, dtypes, devices)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -198,8 +207,7 @@ def _check(q, k, v, scale, order, strict, what: str = "causal_attention") -> Non
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"{what}: head dim D must be in [1, {MAX_HEAD_DIM}] (the kernels are "
                          f"tuned for {HEAD_DIMS}; others are zero-padded), got {d}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"{what}: scale must be a float or None, got {type(scale).__name__}")
+    _check_scale(scale, what)
     if not isinstance(strict, bool):
         raise TypeError(f"{what}: strict must be a bool, got {type(strict).__name__}")
     if order is not None:
@@ -219,7 +227,7 @@ def _check_order_values(order: torch.Tensor, what: str = "causal_attention") -> 
     """Each row of ``order`` must be a permutation of 0..T-1 (data-dependent: runs inside the
     op, where it is opaque to torch.compile)."""
     t = order.shape[-1]
-    rows = order.reshape(-1, t)
+    rows = order if order.dim() == 2 else order[None]  # (R, T); not reshape: T may be 0
     expected = torch.arange(t, device=order.device, dtype=order.dtype).expand_as(rows)
     if not torch.equal(rows.sort(-1).values, expected):
         got = order.tolist() if order.numel() <= 32 else "a tensor with repeated or missing ranks"
@@ -235,7 +243,8 @@ def _kernel_rank(order: torch.Tensor | None) -> torch.Tensor | None:
     """order as the kernels take it: None, or contiguous int32 (R, T)."""
     if order is None:
         return None
-    return order.reshape(-1, order.shape[-1]).to(torch.int32).contiguous()
+    rows = order if order.dim() == 2 else order[None]  # (R, T); not reshape: T may be 0
+    return rows.to(torch.int32).contiguous()
 
 
 # --------------------------------------------------------------------------- torch.library ops
@@ -333,7 +342,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     Args:
         q: (B, H, T, D) queries; float32, float16 or bfloat16 for the kernels (math in
-            float32), any float dtype for the reference; any strides. D is at most 128
+            float32), any float dtype for the reference; any strides; B or T may be 0 (an
+            empty result, with or without ``order``). D is at most 128
             (16, 32, 48, 64, 80, 96, 128 are the intended sizes; others are zero-padded).
         k, v: (B, Hk, T, D), q's dtype and device; H must be a multiple of Hk (grouped-query
             attention; Hk = 1 is multi-query). Query head h uses kv head h // (H / Hk).

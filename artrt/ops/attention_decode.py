@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 
 from artrt import backends
-from artrt.ops.attention import MAX_HEAD_DIM, _row_max, _scale
+from artrt.ops._checks import capturing, value_range
+from artrt.ops.attention import MAX_HEAD_DIM, _check_scale, _row_max, _scale
 
 # Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
 PREFERENCE = ("triton", "reference")
@@ -131,18 +132,45 @@ def _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict) -> N
         if k_new.shape != v_new.shape:
             raise ValueError(f"{what}: k_new and v_new must have one shape, got "
                              f"{tuple(k_new.shape)} and {tuple(v_new.shape)}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"{what}: scale must be a float or None, got {type(scale).__name__}")
+    _check_scale(scale, what)
     if not isinstance(strict, bool):
         raise TypeError(f"{what}: strict must be a bool, got {type(strict).__name__}")
 
 
+def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor, t_new: int) -> None:
+    """With new keys to append (T_new > 0), the caches must take an in-place write that
+    changes nothing else: no element of either may share memory with another (an expanded
+    tensor: stride 0 in a dim of size > 1), the two must not be one memory (same address),
+    and neither may be an inference tensor outside inference mode. Runs inside the op, before
+    anything is written (not data-dependent, but needs real tensors: a fake has no address)."""
+    if t_new == 0:
+        return
+    what = "attention_decode"
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        for dim, (size, stride) in enumerate(zip(t.shape, t.stride(), strict=True)):
+            if size > 1 and stride == 0:
+                raise ValueError(
+                    f"{what}: {name} must be writable in place (k_new and v_new append "
+                    f"T_new = {t_new} positions), got an expanded tensor whose elements share "
+                    f"memory: dim "
+                    f"{dim} has size {size} and stride 0 (strides {tuple(t.stride())}); pass "
+                    f"a tensor with its own memory, e.g. {name}.clone()")
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(f"{what}: {name} is an inference tensor, which cannot be written "
+                             "in place outside torch.inference_mode(); call the op inside "
+                             f"inference mode or pass {name}.clone()")
+    if k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
+        raise ValueError(f"{what}: k_cache and v_cache must be separate memory (the values "
+                         "would overwrite the keys), got two views starting at the same "
+                         "address")
+
+
 def _check_lengths(cache_seqlens: torch.Tensor, t_new: int, t_max: int) -> None:
     """Data-dependent: 0 <= cache_seqlens and cache_seqlens + T_new <= Tmax (runs inside the
-    op, before anything is written)."""
-    if cache_seqlens.numel() == 0:
+    op, before anything is written; one host read, skipped under CUDA graph capture)."""
+    if cache_seqlens.numel() == 0 or capturing():
         return
-    lo, hi = torch.stack([cache_seqlens.min(), cache_seqlens.max()]).tolist()  # one sync
+    lo, hi = value_range(cache_seqlens)
     if lo < 0:
         raise ValueError(f"attention_decode: cache_seqlens must be >= 0, got {lo}")
     if hi + t_new > t_max:
@@ -160,13 +188,16 @@ def attention_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     """The op behind :func:`attention_decode`; ``scale`` is already resolved."""
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
     t_new = 0 if k_new is None else k_new.shape[2]
+    _check_writable(k_cache, v_cache, t_new)
     _check_lengths(cache_seqlens, t_new, k_cache.shape[2])
     name = backends.select("attention_decode", q.device, q.dtype, backend, PREFERENCE)
     if name == "reference":
         return attention_decode_ref(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
                                     strict).contiguous()
+    from artrt.kernels.attention import check_heads_grid
     from artrt.kernels.attention_decode import attention_decode_fwd
 
+    check_heads_grid(q.shape[0] * k_cache.shape[1])  # the launcher's check, before the append
     _append(k_cache, v_cache, cache_seqlens, k_new, v_new)
     return attention_decode_fwd(q, k_cache, v_cache, cache_seqlens, t_new, scale, strict)
 
@@ -190,7 +221,9 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             decoding); float32/float16/bfloat16 for the kernels, any float for the
             reference; any strides; D <= 128.
         k_cache, v_cache: (B, Hk, Tmax, D), q's dtype and device, H a multiple of Hk.
-            Written in place at positions ``[cache_seqlens[b], cache_seqlens[b] + T_new)``.
+            Written in place at positions ``[cache_seqlens[b], cache_seqlens[b] + T_new)``,
+            so, when there are new keys, two separate tensors with memory of their own
+            (not expanded, not one tensor passed twice).
         cache_seqlens: (B,) int32/int64, valid cached positions per sequence before this
             call. Not modified.
         k_new, v_new: None, or (B, Hk, T_new, D) keys/values of the new positions.
@@ -204,8 +237,10 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         ``cache_seqlens[b] + T_new - Tq + t`` (see the module docstring's picture); a query
         with no visible key outputs zeros.
 
-    Raises ValueError, with the caches unchanged, on mismatched shapes or dtypes and on
-    overflow (``cache_seqlens + T_new > Tmax``).
+    Raises ValueError (TypeError for a wrong type or dtype) naming the argument, with the
+    caches unchanged, on mismatched shapes, dtypes or devices, on caches that cannot be
+    written in place, on ``cache_seqlens < 0`` and on overflow
+    (``cache_seqlens + T_new > Tmax``): every check runs before anything is written.
     """
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
     return attention_decode_op(q, k_cache, v_cache, cache_seqlens, k_new, v_new,

@@ -120,16 +120,20 @@ def test_kernel_non_contiguous(backend):
 
 
 @pytest.mark.parametrize("backend", kernel_backends())
-def test_kernel_fp16(backend):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_16bit(backend, dtype):
+    """fp16 and bf16 under the tolerance rule, with an append; bf16 also under the Triton 3.9
+    interpreter, whose own bf16 tl.dot is wrong (~1e9)."""
     b, h, d, t_max = 2, 4, 32, 150
-    q = make_seq(b, h, 1, 2, d, torch.float16)[0]
-    k_cache, v_cache = (torch.randn(b, 1, t_max, d, device=DEVICE).half() for _ in range(2))
-    seqlens = torch.tensor([100, 148], device=DEVICE)
-    fp32 = attention_decode_ref(q.float(), k_cache.float(), v_cache.float(), seqlens)
-    lowp = attention_decode_ref(q, k_cache, v_cache, seqlens)
-    got = attention_decode(q, k_cache, v_cache, seqlens, backend=backend)
-    assert got.dtype == torch.float16
-    assert_close_lowp(got, lowp, fp32, "decode fp16")
+    q, k_new, v_new = make_seq(b, h, 1, 2, d, dtype)
+    k_cache, v_cache = (torch.randn(b, 1, t_max, d, device=DEVICE).to(dtype) for _ in range(2))
+    seqlens = torch.tensor([100, 146], device=DEVICE)
+    fp32 = attention_decode_ref(q.float(), k_cache.float(), v_cache.float(), seqlens,
+                                k_new.float(), v_new.float())
+    lowp = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens, k_new, v_new)
+    got = attention_decode(q, k_cache, v_cache, seqlens, k_new, v_new, backend=backend)
+    assert got.dtype == dtype
+    assert_close_lowp(got, lowp, fp32, f"decode {dtype}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -163,6 +167,83 @@ def test_overflow_leaves_cache_unchanged(backend):
         assert torch.equal(k_cache, kc) and torch.equal(v_cache, vc)
 
 
+def _unwritable_cases():
+    """(id, how to spoil the caches or arguments of a valid call with T_new = 1, the error
+    and its message). ``args`` holds q, k_cache, v_cache, seqlens, k_new, v_new."""
+
+    def expanded(t):  # the first batch element's memory, seen B times: stride 0 in dim 0
+        return t[:1].expand_as(t)
+
+    def inference(t):
+        with torch.inference_mode():
+            return t.clone()
+
+    def swap(i, f):
+        return lambda args: [f(a) if j == i else a for j, a in enumerate(args)]
+
+    return [
+        ("v_cache expanded", swap(2, expanded), ValueError,
+         r"v_cache must be writable in place .* dim 0 has size 2 and stride 0"),
+        ("k_cache expanded", swap(1, expanded), ValueError,
+         r"k_cache must be writable in place .* dim 0 has size 2 and stride 0"),
+        ("v_cache inference tensor", swap(2, inference), ValueError,
+         "v_cache is an inference tensor"),
+        ("k_cache passed twice", lambda a: [a[0], a[1], a[1], *a[3:]], ValueError,
+         "k_cache and v_cache must be separate memory"),
+        ("v_new dtype", swap(5, lambda t: t.double()), TypeError, "v_new must be torch.float32"),
+        ("v_new shape", swap(5, lambda t: t[:, :1]), ValueError, r"v_new must have shape"),
+        ("v_cache dtype", swap(2, lambda t: t.double()), TypeError,
+         "v_cache must have q's dtype"),
+        ("seqlens overflow", swap(3, lambda t: t + 5), ValueError, "cache overflow"),
+        ("seqlens negative", swap(3, lambda t: t - 4), ValueError,
+         "cache_seqlens must be >= 0, got -1"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", _unwritable_cases(), ids=lambda c: c[0])
+def test_bad_argument_leaves_caches_unchanged(backend, case):
+    """Every check runs before the append: an error about any argument (v_cache included)
+    leaves both caches bitwise unchanged, and names the argument."""
+    _, spoil, error, match = case
+    b, h, hk, d, t_max = 2, 4, 2, 16, 10
+    q, k_new, v_new = make_seq(b, h, hk, 1, d)
+    caches = [torch.randn(b, hk, t_max, d, device=DEVICE) for _ in range(2)]
+    seqlens = torch.tensor([3, 9], device=DEVICE)
+    args = spoil([q, *caches, seqlens, k_new, v_new])
+    before = [t.clone() for t in args[1:3]]
+    with pytest.raises(error, match=match):
+        attention_decode(*args, backend=backend)
+    for t, was in zip(args[1:3], before, strict=True):
+        assert torch.equal(t.view(torch.int32), was.view(torch.int32))  # bitwise
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_expanded_cache_without_new_keys(backend):
+    """Without new keys nothing is written, so expanded caches (one prefix shared by the
+    batch) and one tensor as both caches are accepted."""
+    b, h, d, t_max = 3, 4, 16, 10
+    q = make_seq(b, h, 2, 2, d)[0]
+    shared = [torch.randn(1, 2, t_max, d, device=DEVICE).expand(b, 2, t_max, d)
+              for _ in range(2)]
+    seqlens = torch.tensor([3, 9, 10], device=DEVICE)
+    for k_cache, v_cache in (shared, (shared[0], shared[0])):
+        want = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens)
+        got = attention_decode(q, k_cache, v_cache, seqlens, backend=backend)
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_too_many_heads_leaves_caches_unchanged(backend):
+    """The launcher's grid limit is checked before the append."""
+    q = torch.randn(65536, 1, 1, 16, device=DEVICE)
+    k_cache, v_cache = (torch.zeros(65536, 1, 4, 16, device=DEVICE) for _ in range(2))
+    seqlens = torch.zeros(65536, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 65535"):
+        attention_decode(q, k_cache, v_cache, seqlens, q + 1, q + 1, backend=backend)
+    assert not k_cache.any() and not v_cache.any()
+
+
 def test_bad_input():
     b, h, d, t_max = 2, 4, 8, 10
     q, k, v = make_seq(b, h, 2, 1, d, device="cpu")
@@ -191,6 +272,8 @@ def test_bad_input():
         attention_decode(q, kc, vc, sl, k, v.half())
     with pytest.raises(ValueError, match="k_new and v_new must have one shape"):
         attention_decode(q, kc, vc, sl, k, torch.cat([v, v], 2))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        attention_decode(q, kc, vc, sl, scale=float("nan"))
     with pytest.raises(TypeError, match="strict must be a bool"):
         attention_decode(q, kc, vc, sl, strict=None)
     with pytest.raises(ValueError, match=r"head dim D must be in \[1, 128\]"):
