@@ -32,7 +32,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 H100_MAX_SHARED = 232448
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _KERNEL_MODULES = ("gated", "masked_conv2d", "causal_conv1d", "attention", "attention_decode",
-                   "dmol")
+                   "dmol", "wavenet_step")
 # Case labels (exact) expected not to compile, with the reason; none at present.
 _XFAIL: dict[str, str] = {}
 
@@ -268,10 +268,25 @@ def _dmol_cases():
                         contiguous=n % 2 == 1)
 
 
+def _wavenet_step_cases():
+    import artrt.kernels.wavenet_step as kw
+
+    ptrs = {"meta_ptr": "i32", "state_ptr": "fp32", "tokens_ptr": "i64", "u_ptr": "fp32",
+            "step_ptr": "i64", "cond_ptr": "fp32", "logits_ptr": "fp32"}
+    # (R, G, S, K, Cc, levels): the sizes of the CUDA kernel's GPU tests, and odd ones
+    sizes = ((32, 32, 128, 2, 16, 256), (128, 128, 256, 2, 16, 256), (24, 20, 40, 3, 5, 17))
+    for n, ((r, g, sk, k, cc, levels), dtype) in enumerate(zip(sizes, DTYPES, strict=True)):
+        yield _case(kw._wavenet_step_kernel, dtype,
+                    dict(HAS_STEP=n != 1, HAS_COND=n != 2, HAS_LOGITS=n == 1,
+                         **kw.blocks(r, g, sk, k, cc, levels)),
+                    warps=kw._NUM_WARPS, ptrs=ptrs, floats=("scale",),
+                    unit=("stride_cond_t",), contiguous=n == 0)
+
+
 def _cases() -> list[dict]:
     # The slower kernels first, so that the workers finish together.
     cases = [*_attention_cases(), *_masked_conv2d_cases(), *_causal_conv1d_cases(),
-             *_dmol_cases(), *_gated_cases()]
+             *_dmol_cases(), *_wavenet_step_cases(), *_gated_cases()]
     labels = [c["label"] for c in cases]
     assert len(set(labels)) == len(labels), "two cases compile the same thing"
     assert set(_XFAIL) <= set(labels), f"stale xfail labels {set(_XFAIL) - set(labels)}"

@@ -4,7 +4,8 @@ Fast WaveNet generation (Paine et al., 2016, "Fast Wavenet Generation Algorithm"
 with dilation d and kernel size K needs, besides its current input, only its inputs at
 t - d, ..., t - (K-1) d. Each layer keeps them in a ring buffer of (K-1) d slots, so a step
 costs O(layers) instead of O(receptive field). ``wavenet_step`` runs that step for a batch
-of sequences, all layers in one call (one kernel launch on the ``cuda`` backend)::
+of sequences, all layers in one call (one kernel launch on the ``cuda`` and ``triton``
+backends)::
 
     tokens[:, t-1] --to_input--> v (start value at t = 0)
     v + input ring ---- input conv (1 -> R, K taps) ----> x
@@ -20,7 +21,8 @@ The ring buffers of all layers live in one float32 state row per sequence (layou
 :class:`WaveNetStepWeights`); zeroing it starts a sequence (the zeros are the causal
 padding). The position is ``t = step + offset``: ``step`` may be a device tensor, so a
 captured CUDA graph replays steps without host work; a position at or past
-``tokens.shape[1]`` does nothing.
+``tokens.shape[1]`` does nothing (a graph of a fixed number of steps may run past the end),
+a negative one is an error.
 
 The op is ``artrt::wavenet_step`` (mutates ``state``, ``tokens`` and ``logits``; inference
 only, no autograd). Its arguments are the tensors of :class:`WaveNetStepWeights` one by one,
@@ -39,9 +41,10 @@ from dataclasses import dataclass, fields
 import torch
 
 from artrt import backends
+from artrt.ops._checks import capturing, check_finite, check_range, value_range
 
 # Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
-PREFERENCE = ("cuda", "reference")
+PREFERENCE = ("cuda", "triton", "reference")
 _TORCH_TO_C_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _NAME = "wavenet_step"
 MAX_KERNEL_SIZE = 8
@@ -409,6 +412,32 @@ def _check(weights, state, tokens, u, step, cond, offset, logits) -> None:
                       "(B, levels)", True)
 
 
+def _check_values(levels: int, tokens: torch.Tensor, u: torch.Tensor,
+                  step: torch.Tensor | None, offset: int, cond: torch.Tensor | None) -> None:
+    """The values this step reads, on checked arguments: ``step`` (one host read) makes
+    t = step + offset >= 0; for t < T, the level ``tokens[:, t-1]`` must lie in [0, levels),
+    ``u[:, t]`` in [0, 1) and ``cond``'s column of t be finite (one host read each). Nothing
+    else is read, so nothing else is checked (tokens past t may hold anything). Skipped while
+    a CUDA graph is captured."""
+    if capturing():
+        return
+    t = offset
+    if step is not None:
+        first = int(value_range(step)[0])
+        if first < 0:
+            raise ValueError(f"{_NAME}: step must hold a position >= 0, got {first}")
+        t += first
+    if t >= tokens.shape[1]:  # past the end: the step does nothing and reads nothing
+        return
+    if t > 0:
+        check_range(_NAME, f"tokens[:, {t - 1}] (the previous level at t = {t})",
+                    tokens[:, t - 1], 0, levels)
+    check_range(_NAME, f"u[:, {t}]", u[:, t], 0.0, 1.0)
+    if cond is not None:
+        col = t if cond.shape[2] > 1 else 0
+        check_finite(_NAME, f"cond[:, :, {col}]", cond[:, :, col])
+
+
 # --------------------------------------------------------------------------- cuda backend
 
 def _cuda_launch(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch.Tensor,
@@ -438,6 +467,16 @@ def _cuda_launch(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch
         device=state.device.index, stream=torch.cuda.current_stream(state.device).cuda_stream)
 
 
+def _triton_launch(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch.Tensor,
+                   u: torch.Tensor, step: torch.Tensor | None, cond: torch.Tensor | None,
+                   offset: int, logits: torch.Tensor | None) -> None:
+    """artrt.kernels.wavenet_step on checked arguments: one launch."""
+    from artrt.kernels.wavenet_step import wavenet_step_fwd
+
+    wavenet_step_fwd(weights.tensors(), state, tokens, u.contiguous(), step, offset, cond,
+                     logits)
+
+
 # --------------------------------------------------------------------------- torch.library op
 
 def _op_weights(tensors: Sequence[torch.Tensor], dilations: Sequence[int]) -> WaveNetStepWeights:
@@ -464,13 +503,17 @@ def _wavenet_step_op(start: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor
     0)."""
     weights = _op_weights((start, in_w, in_b, conv_w, conv_b, out_w, out_b, head_w1, head_b1,
                            head_w2, head_b2, meta), dilations)
-    step = 0 if step is None else step
-    _check(weights, state, tokens, u, step, cond, offset, logits)
+    _check(weights, state, tokens, u, 0 if step is None else step, cond, offset, logits)
     name = backends.select(_NAME, weights.device, weights.dtype, backend, PREFERENCE)
+    _check_values(weights.levels, tokens, u, step, offset, cond)
     if name == "reference":
-        wavenet_step_ref(weights, state, tokens, u, step, cond, offset=offset, logits=logits)
+        wavenet_step_ref(weights, state, tokens, u, 0 if step is None else step, cond,
+                         offset=offset, logits=logits)
+    elif name == "triton":
+        _triton_launch(weights, state, tokens, u, step, cond, offset, logits)
     else:
-        _cuda_launch(weights, state, tokens, u.contiguous(), step, cond, offset, logits)
+        _cuda_launch(weights, state, tokens, u.contiguous(), 0 if step is None else step,
+                     cond, offset, logits)
 
 
 @_wavenet_step_op.register_fake
@@ -490,26 +533,30 @@ def wavenet_step(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch
     """One WaveNet generation step at position ``t = step + offset`` for B sequences.
 
     Args:
-        weights: :class:`WaveNetStepWeights`; float32, float16 or bfloat16 on the cuda
-            backend (other float dtypes on the reference); math in float32 either way.
+        weights: :class:`WaveNetStepWeights`; float32, float16 or bfloat16 on the cuda and
+            triton backends (other float dtypes on the reference); math in float32 always.
         state: (B, state_size) float32 contiguous ring buffers, updated in place (zero it to
             start new sequences).
         tokens: (B, T) int64 contiguous levels: reads ``tokens[:, t-1]`` (the learned start
-            value at t = 0; the values must lie in [0, levels)) and writes the sample to
-            ``tokens[:, t]``.
-        u: (B, T) float32 uniforms in [0, 1); ``u[:, t]`` draws position t.
-        step: an int >= 0, or a (1,) int64 tensor on the weights' device (read on the device
-            by the kernel, so a captured CUDA graph can advance it).
-        cond: None, or (B, Cc, T) float32 conditioning (column t is used) or (B, Cc, 1) (the
-            same column at every step); any strides (e.g. expanded over B).
+            value at t = 0; its values must lie in [0, levels)) and writes the sample to
+            ``tokens[:, t]``; the other columns are neither read nor checked.
+        u: (B, T) float32 uniforms; ``u[:, t]`` draws position t and must lie in [0, 1).
+        step: an int >= 0, or a (1,) int64 tensor >= 0 on the weights' device (read on the
+            device by the kernels, so a captured CUDA graph can advance it).
+        cond: None, or (B, Cc, T) float32 conditioning (column t is used, and must be
+            finite) or (B, Cc, 1) (the same column at every step); any strides (e.g.
+            expanded over B).
         offset: int >= 0 added to ``step``.
         logits: optional (B, levels) float32 contiguous output: this step's logits.
-        backend: ``"reference"`` or ``"cuda"``; None follows ``artrt.use_backend`` /
-            ``ARTRT_BACKEND``, else the fastest available.
+        backend: ``"reference"``, ``"triton"`` or ``"cuda"``; None follows
+            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available (on CUDA
+            tensors cuda, then triton).
 
     The sample is the inverse CDF: the smallest level whose cumulative softmax probability
     exceeds ``u[:, t]``, clamped to levels - 1 (``inverse_cdf`` of :mod:`artrt.models`).
-    Nothing is done when t >= T.
+    Nothing is done (and nothing is read) when t >= T. Bad values (a negative step, a level
+    or uniform out of range, a NaN) raise ValueError before anything is written, except
+    while a CUDA graph is captured (those checks read values on the host and are skipped).
     """
     _check(weights, state, tokens, u, step, cond, offset, logits)
     if not isinstance(step, torch.Tensor):  # an int step is folded into the offset

@@ -3,8 +3,8 @@
 Follows the Fast WaveNet generation algorithm (Paine et al., 2016): every layer keeps the
 last (K-1) d inputs it saw in a ring buffer, so one new sample costs O(layers) work instead
 of a pass over the receptive field. One step of every layer is the op
-:func:`artrt.ops.wavenet_step.wavenet_step` (one CUDA kernel launch on the ``cuda``
-backend, the pure PyTorch reference elsewhere).
+:func:`artrt.ops.wavenet_step.wavenet_step` (one kernel launch on the ``cuda`` and
+``triton`` backends, the pure PyTorch reference elsewhere).
 
 Two ways to drive it:
 

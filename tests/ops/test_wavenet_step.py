@@ -2,8 +2,10 @@
 forcing, every position, with and without conditioning, K = 2 and 3), its inverse-CDF
 sample, the step/offset position, packing, bad inputs, the op ``artrt::wavenet_step`` under
 ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``, the extension's binding and
-its error path without a GPU; on a GPU the CUDA kernel against the reference (R 32/64/128,
-S 128/256, 256 levels, fp32/fp16/bf16, every conditioning layout)."""
+its error path without a GPU, bad values (rejected before anything is written); the Triton
+kernel against the reference under the interpreter; on a GPU the CUDA and Triton kernels
+against the reference (R 32/64/128, S 128/256, 256 levels, fp32/fp16/bf16, every
+conditioning layout)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from artrt.ops.wavenet_step import (
     wavenet_step_ref,
 )
 from artrt.sampling.wavenet import WaveNetCache, pack_wavenet
+from tests.helpers import kernel_backends
+from tests.ops.common import no_launch
 
 SMALL = {"res_channels": 8, "gate_channels": 6, "skip_channels": 10, "cond_channels": 4}
 
@@ -213,14 +217,80 @@ def test_forced_backends():
     args = _args()
     with pytest.raises(BackendUnavailableError, match="cuda"):
         wavenet_step(**args, backend="cuda")
-    with pytest.raises(BackendUnavailableError, match="no implementation"):
-        wavenet_step(**args, backend="triton")
+    if "triton" not in kernel_backends():
+        with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+            wavenet_step(**args, backend="triton")
     with artrt.use_backend("reference"):
         wavenet_step(**args)
     ref = _args()
     wavenet_step_ref(**ref)
     assert torch.equal(ref["tokens"], args["tokens"]) and torch.equal(ref["state"],
                                                                       args["state"])
+
+
+def test_default_backend_on_cpu_is_the_reference(monkeypatch):
+    """No backend forced: CPU tensors take the reference, even under the interpreter."""
+    import artrt.kernels.wavenet_step as kernels
+
+    with no_launch(monkeypatch, kernels, "wavenet_step_fwd"):
+        wavenet_step(**_args())
+
+
+# A value the step reads that is out of range: a clear ValueError, nothing written.
+@pytest.mark.parametrize("bad,match", [
+    (dict(step=torch.tensor([-1])), "step must hold a position >= 0"),
+    (dict(step=torch.tensor([-3]), offset=1), "step must hold a position >= 0"),
+    (dict(tokens=torch.full((2, 24), 16, dtype=torch.int64)), r"tokens\[:, 4\]"),
+    (dict(tokens=torch.full((2, 24), -1, dtype=torch.int64)), r"tokens\[:, 4\]"),
+    (dict(u=torch.full((2, 24), 1.0)), r"u\[:, 5\] must lie in \[0.0, 1.0\)"),
+    (dict(u=torch.full((2, 24), -0.5)), r"u\[:, 5\] must lie"),
+    (dict(u=torch.full((2, 24), float("nan"))), r"u\[:, 5\] .*got a NaN"),
+    (dict(cond=torch.full((2, 4, 1), float("inf"))), r"cond\[:, :, 0\] must be finite"),
+])
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+def test_bad_values_raise_before_writing(bad, match, backend):
+    args = {**_args(), "step": 5, **bad}
+    before = [args[k].clone() for k in ("state", "tokens")]
+    with pytest.raises(ValueError, match=match):
+        wavenet_step(**args, backend=backend)
+    assert torch.equal(args["state"], before[0]) and torch.equal(args["tokens"], before[1])
+
+
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+def test_values_outside_the_step_are_not_read(backend):
+    """Only tokens[:, t-1], u[:, t] and cond's column t are read (so only they are checked):
+    garbage elsewhere, and a step past the end (which reads nothing), are fine."""
+    args = _args()
+    args["tokens"][:, 5:] = 99
+    args["u"][:, 7:] = float("nan")
+    wavenet_step(**{**args, "step": 5}, backend=backend)
+    assert 0 <= int(args["tokens"][0, 5]) < 16
+    wavenet_step(**{**args, "step": torch.tensor([30])}, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,num_classes,kernel_size,sizes", [
+    ((1, 24), 0, 2, {}),
+    ((2, 9), 3, 3, dict(res_channels=5, gate_channels=7, skip_channels=9, cond_channels=3)),
+    ((1, 3, 5), 2, 2, {}),
+])
+def test_triton_interpreter_matches_reference(shape, num_classes, kernel_size, sizes, dtype):
+    """The Triton kernel on CPU tensors (interpreter), step by step against the reference:
+    logits, samples and ring buffers; odd sizes, K = 3, every conditioning layout."""
+    if "triton" not in kernel_backends("cpu"):
+        pytest.skip("the Triton interpreter is off (TRITON_INTERPRET unset)")
+    model = _model(shape, 13, num_classes, kernel_size=kernel_size, layers=4, cycle=3,
+                   **sizes)
+    labels = torch.tensor([1, 0, 2]) % num_classes if num_classes else None
+    weights = pack_wavenet(model).to(dtype)
+    x = _seq(model, torch.randint(0, 13, (3, *shape),
+                                  generator=torch.Generator().manual_seed(2)))
+    cond = _cond_table(model, labels, 3)
+    want, _, u, state_ref = _teacher_forced(weights, x, cond, backend="reference")
+    got, samples, _, state = _teacher_forced(weights, x, cond, backend="triton")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state, state_ref, atol=1e-5, rtol=1e-5)
+    _assert_samples_follow(samples, want, u, eps=1e-5)
 
 
 # --------------------------------------------------------------------------- the op
@@ -350,10 +420,11 @@ TOL = {torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 2e-3}
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("res,skip", [(32, 128), (64, 128), (64, 256), (128, 256)])
 @pytest.mark.parametrize("cond_kind", list(COND_KINDS))
-def test_cuda_matches_reference(res, skip, dtype, cond_kind):
+def test_kernels_match_reference(res, skip, dtype, cond_kind, backend):
     shape, classes = COND_KINDS[cond_kind]
     model = _model(shape, 256, classes, layers=7, cycle=6, res_channels=res, gate_channels=res,
                    skip_channels=skip, cond_channels=16).cuda()
@@ -363,7 +434,7 @@ def test_cuda_matches_reference(res, skip, dtype, cond_kind):
     weights = pack_wavenet(model).to(dtype)
     x = _seq(model, torch.randint(0, 256, (b, *shape), device="cuda"))
     want, _, u, state_ref = _teacher_forced(weights, x, cond, backend="reference")
-    got, samples, _, state = _teacher_forced(weights, x, cond, backend="cuda")
+    got, samples, _, state = _teacher_forced(weights, x, cond, backend=backend)
     scale = want.abs().max().item()
     torch.testing.assert_close(got, want, atol=TOL[dtype] * max(scale, 1.0), rtol=TOL[dtype])
     torch.testing.assert_close(state, state_ref, atol=TOL[dtype] * 10, rtol=TOL[dtype])
@@ -371,7 +442,8 @@ def test_cuda_matches_reference(res, skip, dtype, cond_kind):
 
 
 @pytest.mark.gpu
-def test_cuda_kernel_size_three_and_odd_sizes():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_kernels_kernel_size_three_and_odd_sizes(backend):
     """K = 3, G != R, odd channel counts and levels: the general path of the kernel."""
     model = _model((1, 37), 17, 3, kernel_size=3, layers=4, cycle=3, res_channels=24,
                    gate_channels=20, skip_channels=40, cond_channels=5).cuda()
@@ -379,6 +451,6 @@ def test_cuda_kernel_size_three_and_odd_sizes():
     weights, cond = pack_wavenet(model), _cond_table(model, labels, 3)
     x = torch.randint(0, 17, (3, 37), device="cuda")
     want, _, u, _ = _teacher_forced(weights, x, cond, backend="reference")
-    got, samples, _, _ = _teacher_forced(weights, x, cond, backend="cuda")
+    got, samples, _, _ = _teacher_forced(weights, x, cond, backend=backend)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
     _assert_samples_follow(samples, want, u, eps=1e-4)

@@ -15,6 +15,7 @@ import artrt
 from artrt.models._common import DiscreteARModel, inverse_cdf
 from artrt.models.wavenet import WaveNet, WaveNetConfig
 from artrt.sampling.wavenet import WaveNetCache
+from tests.helpers import kernel_backends
 from tests.models.common import (
     assert_cache_bad_inputs,
     assert_cache_matches_forward,
@@ -170,6 +171,22 @@ def test_sampling_follows_reference_backend():
     with torch.no_grad():
         logits = model(a)
     assert torch.equal(inverse_cdf(logits.movedim(1, -1), u), a)
+
+
+@pytest.mark.parametrize("name", ["sequence", "image-positional-class"])
+def test_sampling_under_forced_triton(name):
+    """Every op of cached sampling has a Triton backend: under ``use_backend("triton")`` the
+    sampler runs (on CPU under the interpreter) and its samples follow the model's logits."""
+    if "triton" not in kernel_backends("cpu"):
+        pytest.skip("the Triton interpreter is off (TRITON_INTERPRET unset)")
+    model = _model(name)
+    _, cond = _data(model, 2)
+    u = torch.rand((2, *model.config.shape), generator=torch.Generator().manual_seed(4))
+    with artrt.use_backend("triton"):
+        got = model.sample(2, cond, uniforms=u)
+    with artrt.use_backend("reference"):
+        want = model.sample(2, cond, uniforms=u)
+    _assert_equal_or_near_tie(got, want, model, cond, u, eps=1e-5)
 
 
 # --------------------------------------------------------------------------- GPU
