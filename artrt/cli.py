@@ -8,6 +8,10 @@
                 test nll, a sample grid; see :mod:`artrt.train`); under ``torchrun`` with
                 DistributedDataParallel.
 ``artrt sample`` draws a PNG grid of samples from a checkpoint of ``artrt train``.
+
+Bad arguments, a bad checkpoint or an unwritable output are reported in one line on stderr
+(``artrt <command>: error: ...``) with exit code 2, before any work starts where they can
+be checked up front.
 """
 
 from __future__ import annotations
@@ -71,17 +75,27 @@ def info() -> int:
 def demo(seed: int = 0, steps: int = 500, model: str = "made",
          out: str = "artrt-demo", device: str | None = None) -> int:
     """The kernel check (:func:`check_backends`), then ``model`` trained for ``steps`` steps
-    on binarized MNIST-5k (``out``: checkpoint, metrics, samples.png); exit 1 on a kernel
-    mismatch."""
+    on binarized MNIST-5k (``out``: checkpoint, metrics, samples.png; a run already there is
+    replaced); exit 1 on a kernel mismatch. ``model``, ``steps`` and ``device`` are checked
+    first (ValueError)."""
+    from artrt.models import MODELS
+    from artrt.train import RUN_FILES, resolve_device, train
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+    if steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {steps}")
+    resolve_device(device)
     if check_backends(seed):
         return 1
-    from artrt.train import train
+    if any(os.path.exists(os.path.join(out, name)) for name in RUN_FILES):
+        print(f"\nreplacing the run in {out}/")
 
     print(f"\ntraining {model} on mnist5k-binary for {steps} steps (batch 64, Adam 1e-3) "
           f"into {out}/")
     result = train(model, "mnist5k-binary", steps=steps, batch_size=64, device=device, out=out,
                    eval_every=max(steps, 1), seed=seed, overrides=["num_classes=0"],
-                   samples=64, progress=True)
+                   samples=64, progress=True, overwrite=True)
     print(f"test nll {result['test_nll']:.2f} nats per image, {result['test_bpd']:.4f} "
           f"bits/dim after {result['step']} steps; samples: {out}/samples.png")
     return 0
@@ -132,11 +146,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "samples.png (run)")
     p.add_argument("--eval-every", type=int, default=200, help="test nll every N steps (200)")
     p.add_argument("--seed", type=int, default=None, help="init and data order seed (0)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/ckpt.pt (same seed, batch size, lr and --set)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in OUT (without it, or --resume, refused)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a model config field, e.g. --set channels=32 (repeatable)")
     p.add_argument("--samples", type=int, default=64, help="samples in samples.png (0: none)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.data, steps=args.steps, batch_size=args.batch_size,
                 lr=args.lr, device=args.device, out=args.out, eval_every=args.eval_every,
                 seed=args.seed, resume=args.resume, overrides=args.overrides,
-                samples=args.samples, progress=not args.no_progress)
+                samples=args.samples, progress=not args.no_progress, overwrite=args.overwrite)
             if int(os.environ.get("RANK", 0)) == 0:
                 print(f"step {result['step']}: test nll {result['test_nll']:.4f} nats, "
                       f"{result['test_bpd']:.4f} bits/dim; checkpoint {result['ckpt']}")
@@ -187,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=args.progress)
         print(f"wrote {args.out}: {x.shape[0]} samples of shape {tuple(x.shape[1:])}")
         return 0
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+    except (ValueError, KeyError, OSError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"artrt {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -5,11 +5,19 @@
   nll in nats and bits/dim (= nll / (dims * ln 2)) every ``eval_every`` steps and at the end
   (``metrics.jsonl``), a checkpoint ``ckpt.pt`` written atomically at each evaluation, and
   ``samples.png`` at the end. On CPU the ops run their reference, on a GPU the fused kernels
-  (the ops' own dispatch).
+  (the ops' own dispatch). A folder that already holds a run is refused unless asked to
+  ``overwrite`` it or ``resume`` it; every argument is checked before any work starts.
 - Exact resume: the batch of step s is a function of (seed, s) only (epoch e is a
   ``randperm`` seeded by (seed, e)), MADE's mask set of step s too, and the checkpoint holds
   the model, the optimizer and the RNG states, so N steps straight and N/2 + resume N/2
-  give the same parameters bit for bit (on CPU).
+  give the same parameters bit for bit (on CPU). A resume that would break this (another
+  seed, batch size or lr than the saved ones) is refused, and so is one with nothing left to
+  train (``steps`` at or below the saved step).
+- Checkpoint file: one header line ``artrt-checkpoint/2 sha256 <hex>`` and the
+  ``torch.save`` bytes of the checkpoint dict (the payload); the payload's sha256 is checked
+  at every load, so a flipped byte is an error naming the file, never a model from garbage.
+  A checkpoint of the older format (the bare ``torch.save`` zip file, no checksum) still
+  loads.
 - Several processes: launched by ``torchrun`` (env RANK / WORLD_SIZE), the process group is
   gloo on CPU and nccl on CUDA, the loss module is wrapped in DistributedDataParallel, every
   step's global batch (``batch_size``) is split between the ranks, the test nll is summed
@@ -23,10 +31,14 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
+import io
 import json
 import math
 import os
 import random
+import tempfile
 import time
 import types
 import typing
@@ -43,11 +55,17 @@ from artrt.grid import atomic_write, grid_image, write_png
 from artrt.models import MODELS
 
 CKPT_FORMAT = "artrt-checkpoint"
-CKPT_VERSION = 1
+CKPT_VERSION = 1  # the layout of the checkpoint dict
+CKPT_HEADER = b"artrt-checkpoint/2 sha256 "  # + 64 hex digits + b"\n", then the payload
+CKPT_LEGACY_MAGIC = b"PK\x03\x04"  # version 1 files: the bare torch.save zip, no checksum
+CKPT_MODEL_KEYS = ("config", "model_state")  # needed to build the model
+CKPT_RESUME_KEYS = ("data", "optimizer_state", "step", "rng", "train")  # and to train on
+TRAIN_SETTINGS = (("seed", "--seed"), ("batch_size", "--batch-size"), ("lr", "--lr"))
 CKPT_NAME = "ckpt.pt"
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.png"
 DATA_FIELDS = ("shape", "levels")  # set by the data set, never by --set
+RUN_FILES = (CKPT_NAME, METRICS_NAME, SAMPLES_NAME)  # a folder holding one of them is a run
 
 
 class CheckpointError(ValueError):
@@ -135,23 +153,67 @@ def build_config(model_name: str, dataset: Any, overrides: Sequence[str] = ()) -
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, ``os.replace``
-    (:func:`artrt.grid.atomic_write`): a crash or an error midway leaves the previous
-    checkpoint as it was and no partial file."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` as a checkpoint file: the header line ``artrt-checkpoint/2 sha256
+    <hex>`` then the ``torch.save`` bytes it hashes, into a temporary file in the same
+    folder, fsync, ``os.replace`` (:func:`artrt.grid.atomic_write`): a crash or an error
+    midway leaves the previous checkpoint as it was (and at worst a ``ckpt.pt*.tmp`` file,
+    which :func:`train` removes when it starts)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    header = CKPT_HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+    def write(f: typing.BinaryIO) -> None:
+        f.write(header)
+        f.write(payload)
+
+    atomic_write(path, write)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint dict at ``path``, checked to be an artrt checkpoint naming a known
-    model (CheckpointError otherwise; FileNotFoundError when there is no file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+def _load_verified(path: Path) -> Any:
+    """The object saved at ``path`` by :func:`save_checkpoint`, after checking the sha256 of
+    its payload (or by the version 1 format: a bare ``torch.save`` file, no checksum).
+    CheckpointError naming the file when it is neither or its checksum does not match."""
+    data = path.read_bytes()
+    if data.startswith(CKPT_HEADER):
+        end = data.find(b"\n", len(CKPT_HEADER))
+        want = data[len(CKPT_HEADER):end].decode("ascii", "replace") if end > 0 else ""
+        payload = memoryview(data)[end + 1:] if end > 0 else memoryview(b"")
+        got = hashlib.sha256(payload).hexdigest()
+        if got != want:
+            raise CheckpointError(f"{path} is corrupt: the sha256 of its payload is {got}, its "
+                                  f"header says {want[:64]!r} (a damaged or truncated file)")
+        source = io.BytesIO(payload)
+    elif data.startswith(CKPT_LEGACY_MAGIC):
+        source = io.BytesIO(data)  # version 1: no checksum to check
+    else:
+        raise CheckpointError(f"{path} is not an artrt checkpoint (neither an "
+                              f"'{CKPT_HEADER.decode().split()[0]}' header nor a torch.save "
+                              f"file)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} is not an artrt checkpoint (torch.load failed: "
                               f"{type(err).__name__})") from err
+
+
+def _require(ckpt: dict[str, Any], path: str | os.PathLike, keys: Sequence[str],
+             what: str = "checkpoint") -> None:
+    """CheckpointError naming ``path`` and the first of ``keys`` that ``ckpt`` lacks."""
+    for key in keys:
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: the {what} has no {key!r} entry (written by "
+                                  f"another program, or damaged)")
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, its checksum verified, checked to be an artrt
+    checkpoint naming a known model with a config and a model state (CheckpointError
+    otherwise, naming the file; FileNotFoundError when there is no file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = _load_verified(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not an artrt checkpoint (no '{CKPT_FORMAT}' "
                               f"format tag)")
@@ -161,6 +223,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("model") not in MODELS:
         raise CheckpointError(f"{path} names unknown model {ckpt.get('model')!r}; known: "
                               f"{sorted(MODELS)}")
+    _require(ckpt, path, CKPT_MODEL_KEYS)
     return ckpt
 
 
@@ -267,6 +330,11 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, batch_size: i
 # --------------------------------------------------------------------------- sampling
 
 
+def _check_n(n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+
+
 def sample_grid(model: nn.Module, n: int, path: str | os.PathLike, *, seed: int = 0,
                 progress: bool = False) -> torch.Tensor:
     """Draw samples from ``model`` and write them as a PNG grid to ``path``.
@@ -276,8 +344,7 @@ def sample_grid(model: nn.Module, n: int, path: str | os.PathLike, *, seed: int 
     K) samples of each class, one row per class (row k: label k). Returns the samples (N,
     *shape) int64 on the CPU.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    _check_n(n)
     device = next(model.parameters()).device
     classes = model.config.num_classes
     if classes:
@@ -296,13 +363,82 @@ def sample_grid(model: nn.Module, n: int, path: str | os.PathLike, *, seed: int 
 def sample(ckpt: str | os.PathLike, n: int, out: str | os.PathLike, *, seed: int = 0,
            device: str | None = None, progress: bool = False) -> torch.Tensor:
     """``artrt sample``: the model of checkpoint ``ckpt`` draws ``n`` samples (spread over
-    the classes, one row each, when class-conditional) into the PNG grid ``out``."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    the classes, one row each, when class-conditional) into the PNG grid ``out``. ``n``,
+    ``device`` and ``out`` (a file, not a folder) are checked before the model is loaded."""
+    _check_n(n)
+    device = resolve_device(device)
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the path of the PNG file to write")
     model, _ = load_checkpoint(ckpt, device)
     return sample_grid(model, n, out, seed=seed, progress=progress)
 
 
 # --------------------------------------------------------------------------- training
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked to be ``cpu``, ``cuda`` or ``cuda:N`` of a present GPU (None: cuda
+    when available, else cpu); ValueError naming ``--device`` otherwise."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: want cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device!r}: no CUDA device is available "
+                             f"(torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device!r}: there are {torch.cuda.device_count()} "
+                             f"CUDA devices")
+    return device
+
+
+def _check_writable(out: Path) -> None:
+    """Create the folder ``out`` and write and remove a file in it; ValueError naming
+    ``--out`` when that fails (not a folder, read-only, no permission)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write in this folder "
+                         f"({err.strerror or type(err).__name__})") from err
+
+
+def _check_resume(ckpt: dict[str, Any], path: Path, model: str, data: str, steps: int,
+                  given: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Refuse a resume that cannot continue the saved run exactly: another model or data
+    set, a setting in ``given`` (seed, batch_size, lr; None = not given) or a ``--set``
+    config field other than the saved one, or nothing left to train (``steps`` <= the
+    saved step). CheckpointError for a checkpoint lacking what a resume needs."""
+    _require(ckpt, path, CKPT_RESUME_KEYS)
+    if not isinstance(ckpt["train"], dict):
+        raise CheckpointError(f"{path}: the checkpoint's 'train' entry is not a dict")
+    _require(ckpt["train"], path, [name for name, _ in TRAIN_SETTINGS], "checkpoint's 'train'")
+    if ckpt["model"] != model:
+        raise CheckpointError(f"{path} holds a {ckpt['model']!r} model, not {model!r}")
+    if ckpt["data"] != data:
+        raise CheckpointError(f"{path} was trained on {ckpt['data']!r}, not {data!r}")
+    for name, flag in TRAIN_SETTINGS:
+        saved = ckpt["train"][name]
+        if given[name] is not None and given[name] != saved:
+            raise ValueError(f"{flag} {given[name]} differs from {name} = {saved} saved in "
+                             f"{path}: a resumed run keeps its settings (exact resume); omit "
+                             f"{flag}, or train into a new --out")
+    for key, value in parse_overrides(MODELS[model][1], overrides).items():
+        if ckpt["config"].get(key) != value:
+            raise CheckpointError(f"--set {key}={value!r} differs from the config saved in "
+                                  f"{path} ({key} = {ckpt['config'].get(key)!r}): a resumed "
+                                  f"run keeps its model")
+    if steps <= ckpt["step"]:
+        raise ValueError(f"--steps {steps}: {path} is already at step {ckpt['step']}; "
+                         f"nothing to train (give --steps above {ckpt['step']})")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -317,7 +453,8 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
           lr: float | None = None, device: str | None = None, out: str | os.PathLike = "run",
           eval_every: int = 200, seed: int | None = None, resume: bool = False,
           overrides: Sequence[str] = (), samples: int = 64, progress: bool = True,
-          data_root: str | os.PathLike | None = None) -> dict[str, Any]:
+          data_root: str | os.PathLike | None = None, overwrite: bool = False
+          ) -> dict[str, Any]:
     """Train model ``model`` (a key of :data:`artrt.models.MODELS`) on data set ``data`` for
     ``steps`` optimizer steps in total, writing into the folder ``out``:
 
@@ -329,9 +466,17 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
       and bits/dim.
     - ``samples.png``: a grid of ``samples`` samples at the end (0: none).
 
-    batch_size, lr, seed: default 64, 1e-3, 0 (on resume: the checkpoint's). overrides:
-    ``key=value`` fields of the model's config. resume: continue from ``out/ckpt.pt`` up to
-    ``steps``. Under torchrun, ``batch_size`` is the global batch, split between the ranks.
+    batch_size, lr, seed: default 64, 1e-3, 0 (on resume: the checkpoint's; a value other
+    than the saved one is refused). overrides: ``key=value`` fields of the model's config.
+    resume: continue from ``out/ckpt.pt`` up to ``steps`` (> the saved step). overwrite:
+    start afresh in a folder that already holds a run (its ckpt.pt, metrics.jsonl and
+    samples.png are removed); without it (or resume) such a folder is refused. progress: a
+    tqdm bar on stderr when it is a terminal (tqdm's ``disable=None``: none in a log file).
+    Under torchrun, ``batch_size`` is the global batch, split between the ranks.
+
+    Every argument, the device, the checkpoint (on resume) and the output folder are checked
+    before any data is loaded: ValueError (CheckpointError for a checkpoint) otherwise.
+    Temporary files left in ``out`` by a run killed while writing are removed at the start.
     Returns {"step", "test_nll", "test_bpd", "ckpt"}.
     """
     from artrt import data as artrt_data  # needs the [data] extra
@@ -343,15 +488,27 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
                          f"{sorted(artrt_data.DATASETS)}")
     if steps < 0 or eval_every < 1:
         raise ValueError(f"steps must be >= 0 and eval_every >= 1, got {steps}, {eval_every}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"--samples must be an int >= 0 (0: no samples.png), got {samples!r}")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: "
+                         "give one of them")
+    device = resolve_device(device)
     out = Path(out)
     ckpt_path = out / CKPT_NAME
+    if not resume and not overwrite and out.is_dir():
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise ValueError(f"--out {out} already holds a run ({', '.join(found)}): give "
+                             f"--resume to continue it, --overwrite to replace it, or another "
+                             f"--out")
     ckpt = None
+    kept_metrics: list[str] = []
     if resume:
         ckpt = read_checkpoint(ckpt_path)
-        if ckpt["model"] != model:
-            raise CheckpointError(f"{ckpt_path} holds a {ckpt['model']!r} model, not {model!r}")
-        if ckpt["data"] != data:
-            raise CheckpointError(f"{ckpt_path} was trained on {ckpt['data']!r}, not {data!r}")
+        _check_resume(ckpt, ckpt_path, model, data, steps,
+                      {"seed": seed, "batch_size": batch_size, "lr": lr}, overrides)
+        kept_metrics = _metrics_upto(out / METRICS_NAME, ckpt["step"])
         saved = ckpt["train"]
         seed = saved["seed"] if seed is None else seed
         batch_size = saved["batch_size"] if batch_size is None else batch_size
@@ -364,7 +521,8 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
     if batch_size < 1 or batch_size % world:
         raise ValueError(f"batch_size must be a positive multiple of the {world} processes, "
                          f"got {batch_size}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if rank == 0:
+        _check_writable(out)
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
@@ -379,12 +537,6 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
         torch.manual_seed(seed)
         if ckpt is not None:
             net = model_from_checkpoint(ckpt, ckpt_path)
-            if overrides:
-                asked = parse_overrides(MODELS[model][1], overrides)
-                differ = {k: v for k, v in asked.items() if ckpt["config"].get(k) != v}
-                if differ:
-                    raise CheckpointError(f"--set {differ} differs from the config saved in "
-                                          f"{ckpt_path}: {ckpt['config']}")
         else:
             net = MODELS[model][0](build_config(model, train_set, overrides))
         net.to(dev).train()
@@ -395,17 +547,29 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         step = 0
         if ckpt is not None:
-            opt.load_state_dict(ckpt["optimizer_state"])
+            try:
+                opt.load_state_dict(ckpt["optimizer_state"])
+                _set_rng_state(ckpt["rng"])
+            except (RuntimeError, ValueError, TypeError, KeyError) as err:
+                raise CheckpointError(f"{ckpt_path}: the saved optimizer or RNG state does "
+                                      f"not fit: {type(err).__name__}: {err}") from err
             for group in opt.param_groups:
                 group["lr"] = lr
             step = ckpt["step"]
-            _set_rng_state(ckpt["rng"])
         dims = math.prod(train_set.shape)
         conditional = net.config.num_classes > 0
         writer = rank == 0
         if writer:
-            out.mkdir(parents=True, exist_ok=True)
-            _trim_metrics(out / METRICS_NAME, step if ckpt is not None else -1)
+            for name in RUN_FILES:  # a kill during atomic_write leaves its temporary file
+                for tmp in out.glob(f"{glob.escape(name)}*.tmp"):
+                    tmp.unlink(missing_ok=True)
+            if overwrite:
+                for name in RUN_FILES:
+                    (out / name).unlink(missing_ok=True)
+            if ckpt is not None:  # drop the lines after the checkpoint's step (a run that
+                # stopped between its last metrics line and its checkpoint)
+                text = "".join(line + "\n" for line in kept_metrics).encode()
+                atomic_write(out / METRICS_NAME, lambda f: f.write(text))
 
         def checkpoint() -> None:
             save_checkpoint(ckpt_path, {
@@ -427,8 +591,9 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
                 checkpoint()
             return row
 
+        # disable=None: tqdm draws only on a terminal, no carriage returns into a log file
         bar = tqdm(total=steps, initial=step, desc=f"{model} on {data}",
-                   disable=not (progress and writer))
+                   disable=None if progress and writer else True)
         shard = batch_size // world
         losses: list[float] = []
         row: dict[str, Any] | None = None
@@ -451,7 +616,7 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
                 row = log_eval(sum(losses) / len(losses))
                 losses = []
         bar.close()
-        if row is None:  # nothing trained in this call: evaluate and checkpoint where it is
+        if row is None:  # a fresh run with steps=0: evaluate and checkpoint the init
             row = log_eval(None)
         if writer and samples:
             sample_grid(net, samples, out / SAMPLES_NAME, seed=seed)
@@ -464,18 +629,34 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
             dist.destroy_process_group()
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """On resume from ``step``: drop metrics lines written after that checkpoint (a run
-    that stopped between its last metrics line and its checkpoint). ``step < 0``: a fresh
-    run, start the file anew."""
-    if step < 0 or not path.is_file():
-        path.unlink(missing_ok=True)
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+def _metrics_upto(path: Path, step: int) -> list[str]:
+    """The lines of the metrics file ``path`` with a step <= ``step`` ([] when there is no
+    file). A last line cut short (no newline: the run was killed while appending it, after
+    its last checkpoint) is dropped; any other line that is not a JSON object with an int
+    "step" is a ValueError naming the file and the line."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    keep = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError('not a JSON object with an int "step"')
+        except ValueError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # cut short by a kill mid-append
+            why = (f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError)
+                   else str(err))
+            raise ValueError(f"{path}, line {number}: {why}") from err
+        if row["step"] <= step:
+            keep.append(line)
+    return keep
 
 
 __all__ = ["CheckpointError", "batch_indices", "build_config", "evaluate", "load_checkpoint",
-           "parse_overrides", "read_checkpoint", "sample", "sample_grid", "save_checkpoint",
-           "train"]
+           "parse_overrides", "read_checkpoint", "resolve_device", "sample", "sample_grid",
+           "save_checkpoint", "train"]

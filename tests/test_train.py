@@ -1,12 +1,14 @@
 """``artrt train`` and ``artrt sample``: the loss goes down, metrics and checkpoints are
-written (atomically), resume reproduces a straight run bit for bit, the PNG grid is valid,
-bad input gives clear errors, and a 2-process gloo run under torchrun finishes."""
+written (atomically, with a checksum), resume reproduces a straight run bit for bit and
+refuses what would break that, the PNG grid is valid, bad input gives clear errors, and a
+2-process gloo run under torchrun finishes."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -21,10 +23,13 @@ pytest.importorskip("sklearn", reason="digits8x8 needs the [data] extra (scikit-
 from artrt import cli  # noqa: E402
 from artrt.grid import grid_image, png_bytes  # noqa: E402
 from artrt.train import (  # noqa: E402
+    CKPT_HEADER,
     CheckpointError,
+    _load_verified,
     batch_indices,
     load_checkpoint,
     parse_overrides,
+    read_checkpoint,
     save_checkpoint,
     train,
 )
@@ -81,7 +86,7 @@ def test_resume_reproduces_a_straight_run(tmp_path, model):
     train(model, steps=8, out=tmp_path / "straight", **kw)
     train(model, steps=4, out=tmp_path / "split", **kw)
     train(model, steps=8, out=tmp_path / "split", resume=True, **kw)
-    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("straight", "split"))
+    a, b = (read_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "split"))
     assert a["step"] == b["step"] == 8
     for k, v in a["model_state"].items():
         assert torch.equal(v, b["model_state"][k]), k
@@ -117,7 +122,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
-    assert torch.load(path, weights_only=True)["step"] == 1
+    assert _load_verified(path)["step"] == 1
 
 
 def test_grid_image_layouts():
@@ -172,11 +177,12 @@ def test_clear_errors(tmp_path, capsys):
     assert cli.main(["train", "--model", "made", "--data", "digits8x8", "--set", "hidden=8",
                      *base]) == 0
     capsys.readouterr()
+    more = [*base, "--steps", "2"]
     assert "holds a 'made' model, not 'pixelcnn'" in _error(
-        capsys, "train", "--model", "pixelcnn", "--data", "digits8x8", "--resume", *base)
-    assert "differs from the config" in _error(
+        capsys, "train", "--model", "pixelcnn", "--data", "digits8x8", "--resume", *more)
+    assert "--set hidden=(9,) differs from the config saved in" in _error(
         capsys, "train", "--model", "made", "--data", "digits8x8", "--resume",
-        "--set", "hidden=9", *base)
+        "--set", "hidden=9", *more)
 
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
@@ -185,7 +191,7 @@ def test_clear_errors(tmp_path, capsys):
     torch.save({"model_state": {}}, plain)
     assert "is not an artrt checkpoint" in _error(capsys, "sample", "--ckpt", str(plain))
 
-    ckpt = torch.load(Path(out) / "ckpt.pt", weights_only=True)
+    ckpt = read_checkpoint(Path(out) / "ckpt.pt")
     ckpt["model"] = "resnet"
     torch.save(ckpt, tmp_path / "unknown.pt")
     assert "unknown model 'resnet'" in _error(capsys, "sample", "--ckpt",
@@ -201,6 +207,146 @@ def test_clear_errors(tmp_path, capsys):
     assert "does not fit model 'pixelcnn'" in _error(capsys, "sample", "--ckpt",
                                                      str(tmp_path / "other.pt"))
 
+
+
+def _tiny_run(out: Path, steps: int = 2, **kw) -> dict:
+    """MADE (hidden=8) on digits8x8: seed 1, batch 8, lr 1e-3, an evaluation every 2 steps."""
+    args = dict(data="digits8x8", batch_size=8, lr=1e-3, device="cpu", eval_every=2, seed=1,
+                overrides=["hidden=8"], samples=0, progress=False)
+    return train("made", steps=steps, out=out, **{**args, **kw})
+
+
+def _resume_args(out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--model", "made", "--data", "digits8x8", "--steps", str(steps),
+            "--out", str(out), "--resume", "--device", "cpu", "--samples", "0",
+            "--no-progress", *extra]
+
+
+def _one_line(err: str) -> str:
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_existing_run_is_refused_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "made", "--data", "digits8x8", "--steps", "2", "--eval-every",
+            "2", "--batch-size", "8", "--set", "hidden=8", "--device", "cpu", "--samples", "0",
+            "--no-progress", "--out", str(out)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    before = {name: (out / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl")}
+    err = _one_line(_error(capsys, *args, "--seed", "3"))
+    assert f"--out {out} already holds a run (ckpt.pt, metrics.jsonl)" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert "give one of them" in _error(capsys, *args, "--resume", "--overwrite")
+
+    assert cli.main([*args, "--seed", "3", "--overwrite"]) == 0
+    assert read_checkpoint(out / "ckpt.pt")["train"]["seed"] == 3
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    empty = tmp_path / "empty"  # an existing folder without a run is fine
+    empty.mkdir()
+    assert cli.main([*args[:-1], str(empty)]) == 0
+
+
+@pytest.mark.parametrize(("flag", "given", "saved"), [
+    ("--seed", "2", "1"), ("--lr", "0.002", "0.001"), ("--batch-size", "16", "8")])
+def test_resume_refuses_changed_settings(tmp_path, capsys, flag, given, saved):
+    out = tmp_path / "run"
+    _tiny_run(out)  # seed 1, lr 0.001, batch 8
+    before = {name: (out / name).read_bytes() for name in ("ckpt.pt", "metrics.jsonl")}
+    err = _one_line(_error(capsys, *_resume_args(out, 4, flag, given)))
+    assert f"{flag} {given} differs from" in err
+    assert f"= {saved} saved in {out / 'ckpt.pt'}" in err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert cli.main(_resume_args(out, 4, flag, saved)) == 0  # the saved value: fine
+
+
+@pytest.mark.parametrize("steps", [2, 1])
+def test_resume_with_nothing_left_to_train_is_refused(tmp_path, capsys, steps):
+    out = tmp_path / "run"
+    _tiny_run(out)  # at step 2
+    metrics = (out / "metrics.jsonl").read_text()
+    err = _one_line(_error(capsys, *_resume_args(out, steps)))
+    assert f"--steps {steps}: {out / 'ckpt.pt'} is already at step 2" in err
+    assert (out / "metrics.jsonl").read_text() == metrics  # no duplicate row
+
+
+def test_checksum_catches_flipped_bytes(tmp_path, capsys):
+    out = tmp_path / "run"
+    _tiny_run(out)
+    path = out / "ckpt.pt"
+    good = path.read_bytes()
+    assert good.startswith(CKPT_HEADER)
+    state = read_checkpoint(path)["model_state"]
+    weight = max((v for v in state.values() if v.is_floating_point()), key=torch.numel)
+    at = good.find(weight.numpy().tobytes()) + 64  # 64 bytes inside the tensor data
+    assert at > 64
+    bad = bytearray(good)
+    bad[at:at + 64] = bytes(b ^ 0x5A for b in bad[at:at + 64])
+    path.write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} is corrupt"):
+        read_checkpoint(path)
+    err = _one_line(_error(capsys, "sample", "--ckpt", str(path), "--out",
+                           str(tmp_path / "g.png"), "--device", "cpu"))
+    assert f"{path} is corrupt" in err
+    assert f"{path} is corrupt" in _error(capsys, *_resume_args(out, 4))
+    path.write_bytes(good[:-100])  # truncated
+    assert f"{path} is corrupt" in _error(capsys, *_resume_args(out, 4))
+
+
+def test_old_format_checkpoint_still_loads_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    _tiny_run(out)
+    torch.save(read_checkpoint(out / "ckpt.pt"), out / "ckpt.pt")  # version 1: no checksum
+    assert load_checkpoint(out / "ckpt.pt")[1]["step"] == 2
+    assert _tiny_run(out, steps=4, resume=True)["step"] == 4
+    assert (out / "ckpt.pt").read_bytes().startswith(CKPT_HEADER)  # rewritten as version 2
+
+
+def test_orphaned_temporary_files_are_removed(tmp_path):
+    out = tmp_path / "run"
+    _tiny_run(out)
+    orphans = [out / "ckpt.ptk2j3h4_q.tmp", out / "metrics.jsonlx1.tmp", out / "samples.pngq.tmp"]
+    for orphan in orphans:  # what a kill during atomic_write leaves
+        orphan.write_bytes(b"half a file")
+    (out / "notes.tmp").write_text("not ours")
+    _tiny_run(out, steps=4, resume=True)
+    assert not [p for p in orphans if p.exists()]
+    assert (out / "notes.tmp").exists()
+    for orphan in orphans:
+        orphan.write_bytes(b"half a file")
+    _tiny_run(out, overwrite=True)
+    assert not [p for p in orphans if p.exists()]
+
+
+def test_corrupt_metrics_line_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    _tiny_run(out, steps=4)  # rows at steps 2 and 4
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1].replace(",", " ", 1) + "\n")
+    err = _one_line(_error(capsys, *_resume_args(out, 6)))
+    assert f"{path}, line 2: Expecting ',' delimiter at column" in err
+    # A last line cut short (no newline: killed while appending, after the checkpoint).
+    path.write_text("\n".join(lines) + "\n" + lines[1][:20])
+    assert cli.main(_resume_args(out, 6)) == 0
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4, 6]
+
+
+def test_checkpoint_missing_a_key_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    _tiny_run(out)
+    path = out / "ckpt.pt"
+    ckpt = read_checkpoint(path)
+    del ckpt["optimizer_state"]
+    save_checkpoint(path, ckpt)
+    err = _one_line(_error(capsys, *_resume_args(out, 4)))
+    assert f"{path}: the checkpoint has no 'optimizer_state' entry" in err
+    del ckpt["model_state"]
+    save_checkpoint(path, ckpt)
+    err = _error(capsys, "sample", "--ckpt", str(path), "--out", str(tmp_path / "g.png"))
+    assert f"{path}: the checkpoint has no 'model_state' entry" in err
 
 def test_torchrun_two_processes_gloo(tmp_path):
     import torch.distributed as dist
