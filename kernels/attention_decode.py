@@ -158,7 +158,7 @@ def attention_decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
     q: (B, H, Tq, D); k_cache, v_cache: (B, Hk, Tmax, D) with the new keys already written;
     any strides, one dtype of fp32/fp16/bf16, D <= 128, H a multiple of Hk. cache_seqlens:
-    (B,) int32 or int64, the lengths before the append. ``n_splits`` overrides the split
+    (B,) int32 or int64 (any stride), the lengths before the append. ``n_splits`` overrides the split
     count (chunks stay multiples of 64 keys). Returns a contiguous (B, H, Tq, D) tensor of
     q's dtype. More than _MAX_ROWS rows (group x Tq) are done in several launches.
     """
@@ -167,6 +167,7 @@ def attention_decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     out = torch.empty((b, h, tq, d), device=q.device, dtype=q.dtype)
     if out.numel() == 0:
         return out
+    cache_seqlens = cache_seqlens.contiguous()  # the kernel reads entry b at offset b
     check_heads_grid(b * k_cache.shape[1])
     step = max(1, _MAX_ROWS // group)
     for a in range(0, tq, step):

@@ -15,6 +15,11 @@ Grouped-query and multi-query attention: k and v may have fewer heads than q.
 Departures: ``strict`` rows that see no key (the first step of a strict order) are defined
 to output zeros with zero gradient, where a plain softmax would give nan.
 
+Non-finite inputs are not checked (that would cost a host read per call): a row that sees a
+NaN or infinite q, k or v entry outputs NaN or inf, and so may a row that does not see it,
+through the product of its masked probability 0 with that entry (as in FlashAttention and
+SDPA, on every backend). The finite entries of the output agree between backends.
+
 The op is ``artrt::causal_attention`` (returns the output and the log-sum-exp); its backward
 is the op ``artrt::causal_attention_backward``.
 """
