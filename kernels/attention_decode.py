@@ -158,8 +158,8 @@ def attention_decode_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 
     q: (B, H, Tq, D); k_cache, v_cache: (B, Hk, Tmax, D) with the new keys already written;
     any strides, one dtype of fp32/fp16/bf16, D <= 128, H a multiple of Hk. cache_seqlens:
-    (B,) int32 or int64 (any stride), the lengths before the append. ``n_splits`` overrides the split
-    count (chunks stay multiples of 64 keys). Returns a contiguous (B, H, Tq, D) tensor of
+    (B,) int32 or int64 (any stride), the lengths before the append. ``n_splits`` overrides
+    the split count (chunks stay multiples of 64 keys). Returns a contiguous (B, H, Tq, D) tensor of
     q's dtype. More than _MAX_ROWS rows (group x Tq) are done in several launches.
     """
     b, h, tq, d = q.shape

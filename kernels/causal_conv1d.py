@@ -107,7 +107,9 @@ def _causal_conv1d_fwd_kernel(
     # Program (b * n_t + pid_t, pid_o) owns out[b, o, t] for o in [pid_o BLOCK_O, ...) and t
     # in [pid_t BLOCK_T, ...): batch and time share grid axis 0, which has no 65535 limit.
     # ``cout`` counts output channels (G in the gated modes, where the weight has 2 cout
-    # rows). ``dilation`` is signed: negative for the input gradient.
+    # rows). ``dilation`` is signed: negative for the input gradient. Tap offsets
+    # (K-1-i) d are int64: an int32 product wraps for d >= 2^31 / (K-1) and would read the
+    # future (the ops also clamp d to T, which changes nothing: taps >= T read padding).
     n_t = tl.cdiv(t_len, BLOCK_T)
     pid_bt = tl.program_id(0).to(tl.int64)
     b = pid_bt // n_t
@@ -122,7 +124,7 @@ def _causal_conv1d_fwd_kernel(
     x_base = x_ptr + b * stride_x_b
     for i in tl.static_range(KSIZE):
         # acc += w[o, :, i] @ x[b, :, t - (K-1-i) d]
-        ts = t - (KSIZE - 1 - i) * dilation  # (BLOCK_T,) source positions
+        ts = t - (KSIZE - 1 - i) * tl.cast(dilation, tl.int64)  # (BLOCK_T,) sources
         acc_a, acc_b = _mix_channels(
             acc_a, acc_b, x_base, stride_x_c, stride_x_t, ts, (ts >= 0) & (ts < t_len), cin,
             w_ptr, stride_w_o, stride_w_c, i * stride_w_k, o, o_mask, cout, cr,
@@ -189,7 +191,7 @@ def _causal_conv1d_bwd_weight_kernel(
     s = pid_ks // KSIZE
     o_mask = o < cout
     c_mask = c < cin
-    shift = (KSIZE - 1 - i) * dilation
+    shift = (KSIZE - 1 - i).to(tl.int64) * dilation  # int64, as in the forward kernel
     tr = tl.arange(0, BLOCK_T)  # (BLOCK_T,)
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     for step in range(0, steps):

@@ -17,7 +17,10 @@ conditioning bias ``cond[b, n]``, gated ``tanh(a) * sigmoid(b)`` over the two co
 residual add.
 An optional second input with its own taps and weight is summed into the same accumulators:
 Gated PixelCNN's vertical-to-horizontal 1x1 link, one tap at (-1, 0) on the vertical
-stack's pre-activation.
+stack's pre-activation; or, without the gate, a colour-masked centre tap (PixelCNN with
+colour groups), read once per colour group g of its channels into the output columns of
+the groups it may feed only. A single dot with the masked weight entries zeroed would add
+0 * x there, which is NaN for an inf or NaN input the mask hides.
 
 The input gradient is the same kernel over the mirrored taps (-dy, -dx) with the weight
 transposed to (T, N, Cin); the weight gradient is one GEMM over the B*H*W pixels per live
@@ -74,11 +77,13 @@ def _accumulate(
     acc_a, acc_b, x_ptr, w_ptr, taps_ptr,
     stride_x_b, stride_x_c, stride_x_h, stride_x_w,
     cin, height, width, n_taps, n_out, nw,
-    b, i, j, m_mask, n, n_mask,
+    b, i, j, m_mask, n, n_mask, c_lo, c_hi, n_lo,
     GATE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+    FROM_N_LO: tl.constexpr,
 ):
-    """acc_a[p, n] += sum_t sum_c x[b_p, c, i_p + dy_t, j_p + dx_t] * w[t, c, n]
-    (and acc_b with columns n + n_out when GATE)."""
+    """acc_a[p, n] += sum_t sum_{c_lo <= c < c_hi} x[b_p, c, i_p + dy_t, j_p + dx_t] * w[t, c, n]
+    (and acc_b with columns n + n_out when GATE). FROM_N_LO: only columns n >= n_lo change,
+    the others get nothing added (not even 0 * x, NaN for an inf or NaN x)."""
     ks = tl.arange(0, BLOCK_K)
     for t in range(n_taps):
         dy = tl.load(taps_ptr + 2 * t)
@@ -88,9 +93,9 @@ def _accumulate(
         valid = m_mask & (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
         x_row = x_ptr + b * stride_x_b + ii * stride_x_h + jj * stride_x_w  # (BM,)
         w_tap = w_ptr + t * cin * nw
-        for k0 in range(0, cin, BLOCK_K):
+        for k0 in range(c_lo, c_hi, BLOCK_K):
             k = k0 + ks  # (BK,)
-            k_mask = k < cin
+            k_mask = k < c_hi
             # a[p, c] = x[b_p, c, i_p + dy, j_p + dx]          (BM, BK)
             a = tl.load(x_row[:, None] + k[None, :] * stride_x_c,
                         mask=valid[:, None] & k_mask[None, :], other=0.0)
@@ -100,7 +105,11 @@ def _accumulate(
             if UPCAST:
                 a = a.to(tl.float32)
                 wa = wa.to(tl.float32)
-            acc_a = tl.dot(a, wa, acc_a, input_precision=PRECISION)
+            if FROM_N_LO:
+                acc_a = tl.where((n >= n_lo)[None, :],
+                                 tl.dot(a, wa, acc_a, input_precision=PRECISION), acc_a)
+            else:
+                acc_a = tl.dot(a, wa, acc_a, input_precision=PRECISION)
             if GATE:
                 wb = tl.load(w_tap + w_off + n_out, mask=w_mask, other=0.0)
                 if UPCAST:
@@ -115,7 +124,8 @@ def _fwd_configs() -> list:
                           num_stages=st) for bm, bn, bk, w, st in chosen]
 
 
-@triton.autotune(configs=_fwd_configs(), key=["cin", "cin2", "n_taps", "n_out", "GATE"])
+@triton.autotune(configs=_fwd_configs(),
+                 key=["cin", "cin2", "n_taps", "n_out", "groups2", "GATE"])
 @triton.jit
 def _tap_conv_fwd_kernel(
     x_ptr, w_ptr, taps_ptr, x2_ptr, w2_ptr, taps2_ptr,
@@ -124,7 +134,7 @@ def _tap_conv_fwd_kernel(
     stride_x2_b, stride_x2_c, stride_x2_h, stride_x2_w,
     stride_cond_b, stride_cond_n,
     stride_res_b, stride_res_n, stride_res_h, stride_res_w,
-    batch, cin, cin2, height, width, n_taps, n_taps2, n_out, nw,
+    batch, cin, cin2, height, width, n_taps, n_taps2, n_out, nw, groups2, shift2,
     HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr,
     HAS_RES: tl.constexpr, GATE: tl.constexpr, STORE_PRE: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -132,7 +142,9 @@ def _tap_conv_fwd_kernel(
 ):
     # x: (B, Cin, H, W) any strides.  w: (T, Cin, nw) contiguous, nw = 2 * n_out when GATE
     # else n_out.  taps: (T, 2) int32 contiguous.  x2, w2, taps2 (HAS_X2): a second input
-    # (B, Cin2, H, W) with its own taps (T2, 2) and weight (T2, Cin2, nw), summed in.
+    # (B, Cin2, H, W) with its own taps (T2, 2) and weight (T2, Cin2, nw), summed in; without
+    # GATE its channels and the output columns come in groups2 equal blocks, block g feeding
+    # column blocks >= g + shift2 only (a colour-masked tap).
     # out: (B, n_out, H, W) contiguous.  pre (STORE_PRE): (B, nw, H, W) contiguous.
     # bias: (nw,).  cond: (B, nw) any strides.  res: (B, n_out, H, W) any strides.
     hw = height * width
@@ -150,12 +162,28 @@ def _tap_conv_fwd_kernel(
     acc_a, acc_b = _accumulate(acc_a, acc_b, x_ptr, w_ptr, taps_ptr,
                                stride_x_b, stride_x_c, stride_x_h, stride_x_w,
                                cin, height, width, n_taps, n_out, nw,
-                               b, i, j, m_mask, n, n_mask, GATE, PRECISION, UPCAST, BLOCK_K)
+                               b, i, j, m_mask, n, n_mask, 0, cin, 0,
+                               GATE, PRECISION, UPCAST, BLOCK_K, False)
     if HAS_X2:
-        acc_a, acc_b = _accumulate(acc_a, acc_b, x2_ptr, w2_ptr, taps2_ptr,
-                                   stride_x2_b, stride_x2_c, stride_x2_h, stride_x2_w,
-                                   cin2, height, width, n_taps2, n_out, nw,
-                                   b, i, j, m_mask, n, n_mask, GATE, PRECISION, UPCAST, BLOCK_K)
+        if GATE:  # Gated PixelCNN's link
+            acc_a, acc_b = _accumulate(acc_a, acc_b, x2_ptr, w2_ptr, taps2_ptr,
+                                       stride_x2_b, stride_x2_c, stride_x2_h, stride_x2_w,
+                                       cin2, height, width, n_taps2, n_out, nw,
+                                       b, i, j, m_mask, n, n_mask, 0, cin2, 0,
+                                       GATE, PRECISION, UPCAST, BLOCK_K, False)
+        else:
+            # acc[:, n] += x2[group g] @ w2[group g, n] for the column blocks n >= g + shift2
+            # only, group by group (the select is not in the gated kernels: it would hold a
+            # third accumulator's registers there).
+            c_group = cin2 // groups2
+            n_group = n_out // groups2
+            for g in range(0, groups2 - shift2):
+                acc_a, acc_b = _accumulate(acc_a, acc_b, x2_ptr, w2_ptr, taps2_ptr,
+                                           stride_x2_b, stride_x2_c, stride_x2_h, stride_x2_w,
+                                           cin2, height, width, n_taps2, n_out, nw,
+                                           b, i, j, m_mask, n, n_mask, g * c_group,
+                                           (g + 1) * c_group, (g + shift2) * n_group,
+                                           False, PRECISION, UPCAST, BLOCK_K, True)
 
     if HAS_BIAS:
         acc_a += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -264,13 +292,17 @@ def tap_conv_fwd(x: torch.Tensor, w_packed: torch.Tensor, taps: torch.Tensor,
                  residual: torch.Tensor | None = None, gate: bool = False,
                  store_pre: bool = False, x2: torch.Tensor | None = None,
                  w2_packed: torch.Tensor | None = None, taps2: torch.Tensor | None = None,
+                 groups2: int = 1, shift2: int = 0,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Forward launcher (also the input-gradient launcher, with mirrored taps).
 
     x: (B, Cin, H, W), any strides, fp32/fp16/bf16. w_packed: (T, Cin, NW) contiguous, x's
     dtype. taps: (T, 2) int32 contiguous (dy, dx) on x's device. x2, w2_packed, taps2: an
     optional second input (B, Cin2, H, W) convolved with its own taps and (T2, Cin2, NW)
-    weight and summed in. bias: (NW,) any stride, or None. cond: (B, NW) any strides, or None.
+    weight and summed in; groups2 > 1 (not with gate): x2's channels and the output columns
+    are split into groups2 equal blocks, x2's block g adding to the column blocks
+    >= g + shift2 only (a colour-masked centre tap; shift2 = 1 for mask A, 0 for mask B).
+    bias: (NW,) any stride, or None. cond: (B, NW) any strides, or None.
     residual: (B, N, H, W) any strides, or None. gate: N = NW / 2 and
     out = tanh(a) * sigmoid(b) (+ residual), a = columns [0, N), b = columns [N, NW) of the
     convolution (+ bias + cond); otherwise N = NW. store_pre: also return that
@@ -292,6 +324,8 @@ def tap_conv_fwd(x: torch.Tensor, w_packed: torch.Tensor, taps: torch.Tensor,
     if has_x2:
         assert w2_packed.is_contiguous() and w2_packed.shape[1:] == (x2.shape[1], nw)
         assert taps2.dtype == torch.int32 and taps2.shape == (w2_packed.shape[0], 2)
+        assert groups2 >= 1 and x2.shape[1] % groups2 == 0 and n_out % groups2 == 0
+        assert (groups2 == 1 and shift2 == 0) or not gate
     else:
         x2, w2_packed, taps2 = x, w_packed, taps
     if bias is not None:
@@ -309,7 +343,7 @@ def tap_conv_fwd(x: torch.Tensor, w_packed: torch.Tensor, taps: torch.Tensor,
         residual if residual is not None else dummy, out, pre if pre is not None else dummy,
         *x.stride(), *x2.stride(), *cond_strides, *res_strides,
         bsz, cin, x2.shape[1], height, width, n_taps, taps2.shape[0], n_out, nw,
-        HAS_X2=has_x2, HAS_BIAS=bias is not None, HAS_COND=cond is not None,
+        groups2, shift2, HAS_X2=has_x2, HAS_BIAS=bias is not None, HAS_COND=cond is not None,
         HAS_RES=residual is not None, GATE=gate, STORE_PRE=pre is not None,
         PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
     )

@@ -103,6 +103,8 @@ def _masked_conv2d_cases():
                            "GATE": True, "STORE_PRE": True},
         "gate": {**none, "HAS_BIAS": True, "HAS_RES": True, "GATE": True},
         "conv": {**none, "HAS_BIAS": True, "HAS_COND": True, "HAS_RES": True},
+        # PixelCNN with colour groups: the centre tap as the second input, group by group
+        "colour": {**none, "HAS_X2": True, "HAS_BIAS": True, "HAS_COND": True},
         "grad_input": none,
     }
     unit = ("stride_x_w", "stride_x2_w", "stride_cond_n", "stride_res_w")
@@ -124,6 +126,7 @@ def _masked_conv2d_cases():
                        i % 2 == 1)
     for di, dtype in enumerate(DTYPES):
         yield fwd_case(0, dtype, "conv" if di != 1 else "grad_input", "tf32", di != 1)
+        yield fwd_case(0, dtype, "colour", "tf32", di == 1)
     yield fwd_case(0, "fp32", "gated_pixelcnn", "ieee", True)
     wg_dtypes = [(d, "tf32") for d in DTYPES] + [("fp32", "ieee")]
     for n, (dtype, precision) in enumerate(wg_dtypes):

@@ -40,14 +40,35 @@ PREFERENCE = ("triton", "reference")
 
 # --------------------------------------------------------------------------- reference
 
+def effective_dilation(dilation: int, t_len: int) -> int:
+    """The smallest dilation that gives the same convolution over ``t_len`` steps:
+    ``min(dilation, max(t_len, 1))``.
+
+    Every tap i < K-1 at an offset (K-1-i) d >= T reads only the zero padding, so any
+    d >= T is the same convolution as d = T (only the tap at offset 0 is left), forward and
+    backward. Clamping keeps the padded reference small and every tap offset the kernels
+    compute within (K-1) T, however large the requested dilation.
+    """
+    return min(dilation, max(t_len, 1))
+
+
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       dilation: int = 1, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Pure PyTorch causal convolution: ``F.conv1d`` with (K-1) d zeros on the left.
 
     Shapes as :func:`causal_conv1d`; ``residual`` (B, R, T) is added to channels [0, R).
+    Empty x or weight (B, Cin, T or Cout = 0), which ``F.conv1d`` rejects or gives the wrong
+    shape for: no term of the sum, the (B, Cout, T) output is the bias.
     """
-    k = weight.shape[2]
-    y = F.conv1d(F.pad(x, ((k - 1) * dilation, 0)), weight, bias, dilation=dilation)
+    bsz, _, t_len = x.shape
+    cout, _, k = weight.shape
+    if x.numel() == 0 or weight.numel() == 0:
+        y = x.new_zeros((bsz, cout, t_len))
+        if bias is not None:
+            y = y + bias[:, None]
+    else:
+        dilation = effective_dilation(dilation, t_len)
+        y = F.conv1d(F.pad(x, ((k - 1) * dilation, 0)), weight, bias, dilation=dilation)
     if residual is not None:
         r = residual.shape[1]
         y = torch.cat([y[:, :r] + residual, y[:, r:]], 1)
@@ -58,12 +79,18 @@ def causal_conv1d_backward_ref(grad_out: torch.Tensor, x: torch.Tensor, weight: 
                                dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure PyTorch (dL/dx, dL/dweight) of the causal convolution for ``grad_out`` (B, Cout, T).
 
-    dx[b, c, s] = sum_{o, i} w[o, c, i] dy[b, o, s + (K-1-i) d]  (a transposed convolution);
-    dw[o, c, i] = sum_{b, t} dy[b, o, t] x[b, c, t - (K-1-i) d].
+    dx[b, c, s] = sum_{o, i} w[o, c, i] dy[b, o, s + (K-1-i) d], dy zero past T (the forward
+    of the reversed, transposed weight on dy padded on the right, as the kernel computes it:
+    a NaN weight meets those zeros as it meets x's padding in the forward);
+    dw[o, c, i] = sum_{b, t} dy[b, o, t] x[b, c, t - (K-1-i) d]. Both zero when x or weight
+    is empty.
     """
+    if x.numel() == 0 or weight.numel() == 0:
+        return torch.zeros_like(x), torch.zeros_like(weight)
     k = weight.shape[2]
+    dilation = effective_dilation(dilation, x.shape[2])
     pad = (k - 1) * dilation
-    dx = F.conv_transpose1d(grad_out, weight, dilation=dilation)[:, :, pad:]
+    dx = F.conv1d(F.pad(grad_out, (0, pad)), weight.flip(2).transpose(0, 1), dilation=dilation)
     dw = torch.nn.grad.conv1d_weight(F.pad(x, (pad, 0)), weight.shape, grad_out,
                                      dilation=dilation)
     return dx, dw
@@ -75,7 +102,7 @@ def _preact_ref(x, weight, bias, cond, cond_weight, dilation):
     if bias is not None:
         z = z + (bias[:, None] if bias.dim() == 1 else bias[:, :, None])
     if cond is not None:
-        z = z + F.conv1d(cond, cond_weight)
+        z = z + causal_conv1d_ref(cond, cond_weight)
     return z
 
 
@@ -113,9 +140,10 @@ def wavenet_block_ref(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: tor
     """
     z = causal_conv1d_ref(x, conv_weight, conv_bias, dilation)
     if cond is not None:
-        z = z + F.conv1d(cond if cond.dim() == 3 else cond[:, :, None], cond_weight)
+        z = z + causal_conv1d_ref(cond if cond.dim() == 3 else cond[:, :, None], cond_weight)
     h = gated_tanh_ref(z)
-    return x + F.conv1d(h, res_weight, res_bias), F.conv1d(h, skip_weight, skip_bias)
+    return (x + causal_conv1d_ref(h, res_weight, res_bias),
+            causal_conv1d_ref(h, skip_weight, skip_bias))
 
 
 # --------------------------------------------------------------------------- checks
@@ -254,7 +282,7 @@ def _causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         return causal_conv1d_ref(x, weight, bias, dilation, residual).contiguous()
     from artrt.kernels.causal_conv1d import causal_conv1d_fwd
 
-    return causal_conv1d_fwd(x, weight, bias, dilation, residual)
+    return causal_conv1d_fwd(x, weight, bias, effective_dilation(dilation, x.shape[2]), residual)
 
 
 @_causal_conv1d_op.register_fake
@@ -276,6 +304,7 @@ def _causal_conv1d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: 
         return dx.contiguous(), dw.contiguous()
     from artrt.kernels.causal_conv1d import causal_conv1d_bwd_input, causal_conv1d_bwd_weight
 
+    dilation = effective_dilation(dilation, x.shape[2])
     return (causal_conv1d_bwd_input(grad_out, weight, dilation),
             causal_conv1d_bwd_weight(grad_out, x, weight.shape[2], dilation))
 
@@ -336,7 +365,8 @@ def _wavenet_gate_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return wavenet_gate_ref(x, weight, bias, cond, cond_weight, dilation).contiguous()
     from artrt.kernels.causal_conv1d import wavenet_gate_fwd
 
-    return wavenet_gate_fwd(x, weight, bias, cond, cond_weight, dilation)
+    return wavenet_gate_fwd(x, weight, bias, cond, cond_weight,
+                            effective_dilation(dilation, x.shape[2]))
 
 
 @_wavenet_gate_op.register_fake
@@ -360,7 +390,8 @@ def _wavenet_gate_backward_op(grad_h: torch.Tensor, x: torch.Tensor, weight: tor
                                          dilation).contiguous()
     from artrt.kernels.causal_conv1d import wavenet_gate_fwd
 
-    return wavenet_gate_fwd(x, weight, bias, cond, cond_weight, dilation, grad_h=grad_h)
+    return wavenet_gate_fwd(x, weight, bias, cond, cond_weight,
+                            effective_dilation(dilation, x.shape[2]), grad_h=grad_h)
 
 
 @_wavenet_gate_backward_op.register_fake
@@ -418,7 +449,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             use the reference.
         weight: (Cout, Cin, K), the layout of ``nn.Conv1d.weight``; K in 1..8.
         bias: optional (Cout,).
-        dilation: int >= 1, any size (taps reaching before t = 0 read zeros).
+        dilation: int >= 1, any size (taps reaching before t = 0 read zeros; any d >= T is
+            the same convolution as d = T, which is what runs).
         residual: optional (B, R, T) with R <= Cout, added to output channels [0, R) in the
             kernel's epilogue (WaveNet's residual connection with a joint residual/skip 1x1).
         backend: force ``"reference"`` or ``"triton"``; ``None`` follows
@@ -428,7 +460,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         (B, Cout, T) contiguous tensor of x's dtype. Differentiable in every tensor argument.
     """
     _check_causal_conv1d(x, weight, bias, residual, dilation)
-    return _causal_conv1d_op(x, weight, bias, residual, dilation, backends.requested(backend))
+    return _causal_conv1d_op(x, weight, bias, residual, effective_dilation(dilation, x.shape[2]),
+                             backends.requested(backend))
 
 
 def wavenet_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -444,12 +477,12 @@ def wavenet_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             per-sequence vector plus the conv bias).
         cond: optional local conditioning (B, Cc, T), with cond_weight (2G, Cc, 1) (a 1x1
             ``nn.Conv1d`` weight without bias).
-        dilation: int >= 1.
+        dilation: int >= 1, any size (as :func:`causal_conv1d`).
         backend: as :func:`causal_conv1d`.
 
     Returns:
         (B, G, T) contiguous tensor of x's dtype. Differentiable in every tensor argument.
     """
     _check_wavenet_gate(x, weight, bias, cond, cond_weight, dilation)
-    return _wavenet_gate_op(x, weight, bias, cond, cond_weight, dilation,
-                            backends.requested(backend))
+    return _wavenet_gate_op(x, weight, bias, cond, cond_weight,
+                            effective_dilation(dilation, x.shape[2]), backends.requested(backend))

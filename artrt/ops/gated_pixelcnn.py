@@ -70,8 +70,8 @@ def _shift_down(t: torch.Tensor) -> torch.Tensor:
 def _pre_linear_ref(x, weight, link_x, link_weight, pad_top, pad_left, mask_type):
     """The linear part of the pre-activation: conv(x) + link(shift_down(link_x))."""
     pre = tap_conv2d_ref(x, weight, None, None, pad_top, pad_left, mask_type)
-    if link_x is not None:
-        pre = pre + F.conv2d(_shift_down(link_x), link_weight)
+    if link_x is not None:  # a 1x1 convolution (einsum: F.conv2d mis-shapes Cl = 0)
+        pre = pre + torch.einsum("bchw,oc->bohw", _shift_down(link_x), link_weight[:, :, 0, 0])
     return pre
 
 
@@ -89,7 +89,7 @@ def gated_tap_conv2d_backward_ref(grad_out, grad_pre, x, weight, pre, link_x, li
     if link_x is not None:
         dlw = torch.einsum("bchw,bohw->oc", _shift_down(link_x), dpre)[:, :, None, None]
         dshifted = torch.einsum("oc,bohw->bchw", link_weight[:, :, 0, 0], dpre)
-        dlx = F.pad(dshifted[:, :, 1:], (0, 0, 0, 1))  # the transpose of _shift_down
+        dlx = F.pad(dshifted, (0, 0, 0, 1))[:, :, 1:]  # the transpose of _shift_down
     return dx, dw, dcond, dlx, dlw
 
 
@@ -177,9 +177,9 @@ def _backward(grad_out, grad_pre, x, weight, pre, link_x, link_weight, pad_top, 
     from artrt.kernels.gated import gated_bwd
     from artrt.kernels.masked_conv2d import tap_conv_fwd, tap_conv_wgrad
 
-    bsz, c2 = pre.shape[:2]
-    g3 = grad_out.contiguous().view(bsz, c2 // 2, -1)
-    dpre = gated_bwd(g3, pre.view(bsz, c2, -1), None, ACT_TANH).view(pre.shape)
+    bsz, c2, height, width = pre.shape
+    g3 = grad_out.contiguous().view(bsz, c2 // 2, height * width)  # not -1: may be empty
+    dpre = gated_bwd(g3, pre.view(bsz, c2, height * width), None, ACT_TANH).view(pre.shape)
     if grad_pre is not None:
         dpre = (dpre + grad_pre).contiguous()
     dx, dw, dlx, dlw = empty(), empty(), empty(), empty()

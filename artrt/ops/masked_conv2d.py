@@ -26,7 +26,9 @@ kernel below and right of it), optionally masked in raster order around the tap 
 ``(pad_top, pad_left)``. Only the live taps are computed by the Triton kernel
 (:mod:`artrt.kernels.masked_conv2d`), so a masked k x k convolution does about half the work
 of a dense one. The weight keeps ``nn.Conv2d``'s layout (Cout, Cin, kh, kw) and may hold
-anything at masked positions: they are ignored and get zero gradient.
+anything at masked positions (NaN and inf included): they are ignored and get zero gradient.
+An inf or NaN input pixel reaches exactly the outputs whose mask sees it (with colour
+groups, at the centre only the groups allowed to see its channel), on every backend.
 
 ``cond`` is the class-conditional bias of conditional PixelCNN (van den Oord et al.,
 "Conditional Image Generation with PixelCNN Decoders", 2016): a (B, Cout) tensor added to
@@ -86,20 +88,85 @@ def tap_mask(weight_shape: tuple[int, ...], pad_top: int, pad_left: int, mask_ty
 
 # --------------------------------------------------------------------------- reference
 
+def _rectangles(taps: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
+    """``taps`` as rectangles (r0, r1, c1) of the kernel: rows [r0, r1) x columns [0, c1).
+
+    Every tap set here keeps a prefix of each kernel row (raster order), so rows with the
+    same prefix merge: a masked k x k kernel is the rows above the centre and the centre
+    row's left part, an unmasked one a single rectangle.
+    """
+    width: dict[int, int] = {}
+    for r, c in taps:
+        width[r] = c + 1
+    rects: list[tuple[int, int, int]] = []
+    for r in sorted(width):
+        if rects and rects[-1][1] == r and rects[-1][2] == width[r]:
+            rects[-1] = (rects[-1][0], r + 1, width[r])
+        else:
+            rects.append((r, r + 1, width[r]))
+    return rects
+
+
+def _colour_centre(x: torch.Tensor, w_centre: torch.Tensor, mask_type: str,
+                   color_groups: int) -> torch.Tensor:
+    """The colour-masked centre tap: output group g mixes, at its own pixel, the input
+    channels of the groups before g (mask A) or up to g (mask B), and no others.
+
+    One grouped 1x1 ``F.conv2d``: output group g reads its own copy of x in which the
+    channels it may not see are replaced by zeros (not multiplied by 0: x may hold NaN).
+    x (B, Cin, H, W), w_centre (Cout, Cin). Returns (B, Cout, H, W).
+    """
+    copies, w = _colour_centre_operands(x, w_centre, mask_type, color_groups)
+    return F.conv2d(copies, w, groups=color_groups)
+
+
+def _colour_centre_operands(x, w_centre, mask_type, color_groups):
+    """(the copies of x (B, G Cin, H, W), the masked weight (Cout, Cin, 1, 1)) of
+    :func:`_colour_centre`."""
+    cout, cin = w_centre.shape
+    allowed = tap_mask((cout, cin, 1, 1), 0, 0, mask_type, color_groups, x.device,
+                       torch.bool)[:, :, 0, 0]  # (Cout, Cin)
+    visible = allowed[::cout // color_groups]  # (G, Cin): what each output group sees
+    copies = torch.where(visible[None, :, :, None, None], x[:, None], 0)  # (B, G, Cin, H, W)
+    return copies.flatten(1, 2), torch.where(allowed, w_centre, 0)[:, :, None, None]
+
+
 def tap_conv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    cond: torch.Tensor | None, pad_top: int, pad_left: int, mask_type: str,
                    color_groups: int = 1, residual: torch.Tensor | None = None
                    ) -> torch.Tensor:
-    """Pure PyTorch ``artrt::tap_conv2d``: ``F.conv2d`` with the masked weight.
+    """Pure PyTorch ``artrt::tap_conv2d``: the convolution over the live taps only.
+
+    The live taps are rectangles of the kernel (:func:`_rectangles`), each an ``F.conv2d``
+    of the zero-padded input with that part of the weight, plus the colour-masked centre
+    tap (:func:`_colour_centre`). So a masked weight entry never enters the sum (an inf or
+    NaN there changes nothing), and neither does an input pixel the mask hides from an
+    output: a convolution with the masked entries zeroed would add 0 * NaN = NaN there.
+    Empty x or weight (any of B, Cin, H, W, Cout = 0): no term, the output is the biases.
 
     x (B, Cin, H, W), weight (Cout, Cin, kh, kw), bias (Cout,) or None, cond (B, Cout) or
-    None, residual (B, Cout, H, W) or None. Returns (B, Cout, H, W).
+    None, residual (B, Cout, H, W) or None. Returns (B, Cout, H, W) of x's dtype: the
+    convolution and bias summed in float32 (float64 for float64) and rounded once, as
+    ``F.conv2d`` in x's dtype does, then cond and residual added.
     """
-    kh, kw = weight.shape[2:]
-    w = weight * tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
-                          weight.device, weight.dtype)
-    x = F.pad(x, (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
-    out = F.conv2d(x, w, bias)
+    bsz, cin, height, width = x.shape
+    cout, _, kh, kw = weight.shape
+    acc = acc_dtype(x.dtype)
+    out = x.new_zeros((bsz, cout, height, width), dtype=acc)
+    if x.numel() and weight.numel():
+        colour = mask_type != "none" and color_groups > 1
+        xp = F.pad(x.to(acc), (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
+        w = weight.to(acc)
+        spatial = _live_taps(kh, kw, pad_top, pad_left, "A" if colour else mask_type, 1)
+        for r0, r1, c1 in _rectangles(spatial):
+            out = out + F.conv2d(xp[:, :, r0:r1 + height - 1, :c1 + width - 1],
+                                 w[:, :, r0:r1, :c1])
+        if colour:
+            out = out + _colour_centre(x.to(acc), w[:, :, pad_top, pad_left], mask_type,
+                                       color_groups)
+    if bias is not None:
+        out = out + bias[:, None, None]
+    out = out.to(x.dtype)
     if cond is not None:
         out = out + cond[:, :, None, None]
     if residual is not None:
@@ -134,20 +201,58 @@ def down_right_shifted_conv2d_ref(x: torch.Tensor, weight: torch.Tensor,
 def tap_conv2d_backward_ref(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                             pad_top: int, pad_left: int, mask_type: str, color_groups: int
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure PyTorch gradients (dx, dweight, dcond) of ``tap_conv2d`` for ``grad_out``.
+    """Pure PyTorch gradients (dx, dweight, dcond) of ``tap_conv2d`` for ``grad_out``, term by
+    term of :func:`tap_conv2d_ref`: only live taps carry gradient, and masked weight entries
+    get exactly zero whatever x holds. dx and dweight are summed in float32 (float64 for
+    float64) and rounded once.
+
+    dx[b, c, i, j] = sum_t sum_o w[o, c, t] grad_out[b, o, i - dy_t, j - dx_t], grad_out zero
+    outside the image: each rectangle's forward with the weight mirrored and transposed, as
+    the kernels compute it (a NaN weight meets those zeros as it meets x's padding in the
+    forward). dw[o, c, t] = sum_{b, i, j} grad_out[b, o, i, j] x[b, c, i + dy_t, j + dx_t].
 
     dcond (B, Cout) is ``grad_out`` summed over pixels, in float32 (float64 for float64):
     the bias gradient is its batch sum, rounded once to the parameters' dtype.
     """
-    kh, kw = weight.shape[2:]
-    height, width = x.shape[2:]
-    mask = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups, weight.device,
-                    weight.dtype)
-    xp = F.pad(x, (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
-    dxp = torch.nn.grad.conv2d_input(xp.shape, weight * mask, grad_out)
-    dx = dxp[:, :, pad_top:pad_top + height, pad_left:pad_left + width]
-    dw = torch.nn.grad.conv2d_weight(xp, weight.shape, grad_out) * mask
-    return dx, dw, grad_out.sum((2, 3), dtype=acc_dtype(grad_out.dtype))
+    bsz, cin, height, width = x.shape
+    cout, _, kh, kw = weight.shape
+    acc = acc_dtype(x.dtype)
+    pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+    dx = x.new_zeros(x.shape, dtype=acc)
+    dw = weight.new_zeros(weight.shape, dtype=acc)
+    if x.numel() and weight.numel():
+        colour = mask_type != "none" and color_groups > 1
+        g = grad_out.to(acc)
+        xp = F.pad(x.to(acc), pads)
+        w = weight.to(acc)
+        spatial = _live_taps(kh, kw, pad_top, pad_left, "A" if colour else mask_type, 1)
+        for r0, r1, c1 in _rectangles(spatial):
+            # rectangle rows [r0, r1) x columns [0, c1): grad_out read at (i + pad_top - r,
+            # j + pad_left - c) for (r, c) in it (negative pads crop)
+            mirrored = w[:, :, r0:r1, :c1].flip(2, 3).transpose(0, 1)  # (Cin, Cout, ., .)
+            gp = F.pad(g, (c1 - 1 - pad_left, pad_left, r1 - 1 - pad_top, pad_top - r0))
+            dx = dx + F.conv2d(gp, mirrored)
+            part = xp[:, :, r0:r1 + height - 1, :c1 + width - 1]  # what the rectangle reads
+            dw = dw + F.pad(torch.nn.grad.conv2d_weight(part, (cout, cin, r1 - r0, c1), g),
+                            (0, kw - c1, r0, kh - r1))  # its place in the kernel
+        if colour:
+            dxc, dwc = _colour_centre_backward(g, x.to(acc), w[:, :, pad_top, pad_left],
+                                               mask_type, color_groups)
+            dx = dx + dxc
+            dw = dw + F.pad(dwc[:, :, None, None], pads)
+    return (dx.to(x.dtype), dw.to(weight.dtype),
+            grad_out.sum((2, 3), dtype=acc_dtype(grad_out.dtype)))
+
+
+def _colour_centre_backward(grad: torch.Tensor, x: torch.Tensor, w_centre: torch.Tensor,
+                            mask_type: str, color_groups: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx (B, Cin, H, W), dw_centre (Cout, Cin)) of :func:`_colour_centre` for ``grad``
+    (B, Cout, H, W); zero for the pairs the mask cuts."""
+    copies, w = _colour_centre_operands(x, w_centre, mask_type, color_groups)
+    dcopies = torch.nn.grad.conv2d_input(copies.shape, w, grad, groups=color_groups)
+    dw = torch.nn.grad.conv2d_weight(copies, w.shape, grad, groups=color_groups)
+    return dcopies.unflatten(1, (color_groups, x.shape[1])).sum(1), dw[:, :, 0, 0]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -245,10 +350,10 @@ def pack_weight(weight: torch.Tensor, pad_top: int, pad_left: int, mask_type: st
     rows = [r for r, _ in live]
     cols = [c for _, c in live]
     w = weight[:, :, rows, cols]  # (Cout, Cin, T)
-    if mask_type != "none" and color_groups > 1:
+    if mask_type != "none" and color_groups > 1:  # select, not multiply: 0 * NaN is NaN
         mask = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
-                        weight.device, weight.dtype)
-        w = w * mask[:, :, rows, cols]
+                        weight.device, torch.bool)
+        w = torch.where(mask[:, :, rows, cols], w, 0)
     sign = -1 if transpose else 1
     offsets = tuple((sign * (r - pad_top), sign * (c - pad_left)) for r, c in live)
     packed = w.permute(2, 0, 1) if transpose else w.permute(2, 1, 0)
@@ -263,9 +368,9 @@ def unpack_weight_grad(dpacked: torch.Tensor, weight: torch.Tensor, pad_top: int
     live = _live_taps(kh, kw, pad_top, pad_left, mask_type, color_groups)
     dw = torch.zeros(weight.shape, device=weight.device, dtype=dpacked.dtype)
     dw[:, :, [r for r, _ in live], [c for _, c in live]] = dpacked.permute(2, 1, 0)
-    if mask_type != "none" and color_groups > 1:
-        dw = dw * tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
-                           weight.device, dw.dtype)
+    if mask_type != "none" and color_groups > 1:  # x may hold NaN: select, not multiply
+        dw = torch.where(tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                                  weight.device, torch.bool), dw, 0)
     return dw.to(weight.dtype)
 
 
@@ -278,8 +383,20 @@ def _forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, colo
                               color_groups, residual).contiguous()
     from artrt.kernels.masked_conv2d import tap_conv_fwd
 
-    packed, taps = pack_weight(weight, pad_top, pad_left, mask_type, color_groups)
-    out, _ = tap_conv_fwd(x, packed, taps, bias=bias, cond=cond, residual=residual)
+    if mask_type == "none" or color_groups == 1:
+        packed, taps = pack_weight(weight, pad_top, pad_left, mask_type, color_groups)
+        out, _ = tap_conv_fwd(x, packed, taps, bias=bias, cond=cond, residual=residual)
+        return out
+    # The taps before the centre, and the centre as a second input that the kernel reads
+    # per colour group into the groups allowed to see it (see _colour_centre).
+    packed, taps = pack_weight(weight, pad_top, pad_left, "A", 1)
+    allowed = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                       weight.device, torch.bool)[:, :, pad_top, pad_left]
+    centre = torch.where(allowed, weight[:, :, pad_top, pad_left], 0)  # (Cout, Cin)
+    out, _ = tap_conv_fwd(x, packed, taps, bias=bias, cond=cond, residual=residual,
+                          x2=x, w2_packed=centre.t().contiguous()[None],
+                          taps2=_taps_tensor(((0, 0),), x.device), groups2=color_groups,
+                          shift2=int(mask_type == "A"))
     return out
 
 

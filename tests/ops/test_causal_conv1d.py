@@ -49,7 +49,7 @@ def conv_inputs(b, cin, cout, t, k, d, bias=True, res=0, dtype=torch.float32, de
     gen = torch.Generator().manual_seed(seed)
     kw = {"gen": gen, "dtype": dtype, "device": device}
     x = randn(b, cin, t, **kw)
-    w = randn(cout, cin, k, **kw, scale=(cin * k) ** -0.5)
+    w = randn(cout, cin, k, **kw, scale=max(cin * k, 1) ** -0.5)
     bias = randn(cout, **kw) if bias else None
     residual = randn(b, res, t, **kw) if res else None
     grad = randn(b, cout, t, **kw)
@@ -61,21 +61,23 @@ def gate_inputs(b, r, g, t, k, d, cc, bias="vector", cond=True, dtype=torch.floa
     gen = torch.Generator().manual_seed(seed)
     kw = {"gen": gen, "dtype": dtype, "device": device}
     x = randn(b, r, t, **kw)
-    w = randn(2 * g, r, k, **kw, scale=(r * k) ** -0.5)
+    w = randn(2 * g, r, k, **kw, scale=max(r * k, 1) ** -0.5)
     bias = {"vector": lambda: randn(2 * g, **kw), "per_sample": lambda: randn(b, 2 * g, **kw),
             None: lambda: None}[bias]()
     c = randn(b, cc, t, **kw) if cond else None
-    wc = randn(2 * g, cc, 1, **kw, scale=cc ** -0.5) if cond else None
+    wc = randn(2 * g, cc, 1, **kw, scale=max(cc, 1) ** -0.5) if cond else None
     grad = randn(b, g, t, **kw)
     return x, w, bias, c, wc, grad
 
 
 def run(fn, inputs, grad, **kwargs):
-    """Forward and the gradient of every tensor input (None where the input is None)."""
+    """Forward and the gradient of every tensor input (None where the input is None; zeros
+    for one the output does not depend on, as with an empty dimension)."""
     leaves = [t.detach().requires_grad_() if t is not None else None for t in inputs[:-1]]
     out = fn(*leaves, inputs[-1], **kwargs)
     present = [t for t in leaves if t is not None]
-    grads = iter(torch.autograd.grad(out, present, grad))
+    grads = iter(torch.autograd.grad(out, present, grad, allow_unused=True,
+                                     materialize_grads=True))
     return [out.detach()] + [next(grads) if t is not None else None for t in leaves]
 
 
@@ -107,7 +109,7 @@ def naive_causal_conv1d(x, w, bias, d):
     """y[b, o, t] = bias[o] + sum_{i, c} w[o, c, i] x[b, c, t - (K-1-i) d], by the definition."""
     bsz, _, t_len = x.shape
     k = w.shape[2]
-    y = torch.zeros(bsz, w.shape[0], t_len, dtype=x.dtype)
+    y = torch.zeros(bsz, w.shape[0], t_len, dtype=x.dtype, device=x.device)
     for t in range(t_len):
         for i in range(k):
             s = t - (k - 1 - i) * d
@@ -247,6 +249,90 @@ def test_kernel_empty_and_extremes(backend):
     torch.testing.assert_close(h, torch.tensor([[[1.0] * 3, [0.0] * 3]], device=DEVICE))
 
 
+# Dilations at and past the int32 range (and past int64, which the op schema cannot hold).
+HUGE_DILATIONS = [2**31 - 1, 2**31, 2**40, 2**64]
+
+
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("d", HUGE_DILATIONS)
+def test_huge_dilation(backend, d):
+    """d >= T: every tap but the last reads only the zero padding, so y[t] = w[:, :, K-1]
+    x[t] + b, forward and every gradient, conv and gate. (An int32 tap offset (K-1-i) d
+    wrapped at d = 2^31 - 1 and read the future; the reference padded (K-1) d zeros.)"""
+    x, w, b, r, grad = conv_inputs(2, 3, 4, 12, 3, d, res=2)
+
+    def conv_last_tap(x, w, b, r, _):
+        return F.conv1d(x, w[:, :, -1:], b) + F.pad(r, (0, 0, 0, 2))
+
+    got = run(conv_call, (x, w, b, r, d), grad, backend=backend)
+    assert_all_close(got, run(conv_last_tap, (x, w, b, r, d), grad), CONV_NAMES)
+    x, w, b, c, wc, grad = gate_inputs(2, 3, 4, 12, 3, d, 2)
+
+    def gate_last_tap(x, w, b, c, wc, _):
+        return gated_tanh_ref(F.conv1d(x, w[:, :, -1:], b) + F.conv1d(c, wc))
+
+    got = run(wavenet_gate, (x, w, b, c, wc, d), grad, backend=backend)
+    assert_all_close(got, run(gate_last_tap, (x, w, b, c, wc, d), grad), GATE_NAMES)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("op", ["conv", "gate"])
+def test_nan_in_a_weight_entry(backend, op):
+    """w[o, c, 0] NaN: NaN in every output of channel o (the tap reads x or the zero padding;
+    h's channel o for the gate) and in every input gradient of channel c (dx[s] = sum_i
+    w_i dy[s + (K-1-i) d] with dy zero past T, as the kernel computes it; the reference's
+    transposed convolution left the last (K-1) d steps finite), nowhere else (the gate's
+    NaN h spreads through its derivative to every channel of dx)."""
+    o, c, d = 1, 0, 2
+    if op == "conv":
+        x, w, b, r, grad = conv_inputs(2, 3, 4, 9, 3, d)
+        w[o, c, 0] = float("nan")
+        out, dx, dw, *_ = run(conv_call, (x, w, b, r, d), grad, backend=backend)
+    else:
+        x, w, b, cond, wc, grad = gate_inputs(2, 3, 2, 9, 3, d, 2)
+        w[o, c, 0] = float("nan")
+        out, dx, dw, *_ = run(wavenet_gate, (x, w, b, cond, wc, d), grad, backend=backend)
+    want_out = torch.zeros(out.shape, dtype=torch.bool)
+    want_out[:, o] = True
+    want_dx = torch.zeros(dx.shape, dtype=torch.bool)
+    want_dx[:, c if op == "conv" else slice(None)] = True
+    assert torch.equal(out.isnan().cpu(), want_out)
+    assert torch.equal(dx.isnan().cpu(), want_dx)
+    if op == "conv":
+        assert torch.isfinite(dw).all()
+
+
+def naive_wavenet_gate(x, w, bias, c, wc, d):
+    return gated_tanh_ref(naive_causal_conv1d(x, w, bias, d)
+                          + torch.einsum("oc,bct->bot", wc[:, :, 0], c))
+
+
+@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("empty", ["B", "Cin", "Cout", "T", "Cc"])
+def test_empty_dimensions(backend, empty):
+    """Each of B, Cin (R), Cout (2G), T and Cc (the gate's conditioning channels) empty in
+    turn: outputs of the right shape (with Cin = 0, the bias: no term of the sum) and a
+    gradient of its input's shape for every input, conv and gate, against the definition."""
+    size = {"B": 2, "Cin": 3, "Cout": 4, "T": 5, "Cc": 2, empty: 0}
+    bsz, cin, cout, t_len, cc = size["B"], size["Cin"], size["Cout"], size["T"], size["Cc"]
+    inputs = conv_inputs(bsz, cin, cout, t_len, 3, 2, res=min(cout, 2))
+
+    def naive_conv(x, w, b, r, d):
+        y = naive_causal_conv1d(x, w, b, d)
+        return y if r is None else y + F.pad(r, (0, 0, 0, cout - r.shape[1]))
+
+    want = run(naive_conv, (*inputs[:-1], 2), inputs[-1])
+    got = run(conv_call, (*inputs[:-1], 2), inputs[-1], backend=backend)
+    assert got[0].shape == (bsz, cout, t_len)
+    assert_all_close(got, want, CONV_NAMES)
+    inputs = gate_inputs(bsz, cin, cout // 2, t_len, 3, 2, cc)
+    want = run(naive_wavenet_gate, (*inputs[:-1], 2), inputs[-1])
+    got = run(wavenet_gate, (*inputs[:-1], 2), inputs[-1], backend=backend)
+    assert got[0].shape == (bsz, cout // 2, t_len)
+    assert_all_close(got, want, GATE_NAMES)
+
+
 # --------------------------------------------------------------------------- causality
 
 
@@ -285,7 +371,7 @@ def perturbation_support(fn, x):
 
 
 @pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
-@pytest.mark.parametrize("k,d", [(2, 1), (3, 4), (8, 2), (1, 5)])
+@pytest.mark.parametrize("k,d", [(2, 1), (3, 4), (8, 2), (1, 5), (3, 2**31 - 1)])
 @pytest.mark.parametrize("op", ["conv", "gate"])
 def test_causality(backend, k, d, op):
     """Output t depends on input s exactly on the dilation grid t - (K-1) d ... t: no leak

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops.gated import gated_tanh_ref
+from artrt.ops.gated_pixelcnn import gated_tap_conv2d
 from artrt.ops.masked_conv2d import (
     down_right_shifted_conv2d,
     down_right_shifted_conv2d_ref,
@@ -51,15 +53,17 @@ def make(b, cin, cout, h, w, kh, kw, dtype=torch.float32, device=DEVICE, seed=0)
     def rnd(*shape):
         return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
-    return (rnd(b, cin, h, w), rnd(cout, cin, kh, kw) / (cin * kh * kw) ** 0.5, rnd(cout),
-            rnd(b, cout), rnd(b, cout, h, w))
+    return (rnd(b, cin, h, w), rnd(cout, cin, kh, kw) / max(cin * kh * kw, 1) ** 0.5,
+            rnd(cout), rnd(b, cout), rnd(b, cout, h, w))
 
 
 def run(fn, x, weight, bias, cond, grad, **kw):
-    """Forward and gradients (x, weight, bias, cond) for one upstream gradient."""
+    """Forward and gradients (x, weight, bias, cond) for one upstream gradient (zeros for an
+    input the output does not depend on: the reference has no term for x without live taps)."""
     leaves = [t.detach().requires_grad_() for t in (x, weight, bias, cond)]
     out = fn(*leaves, **kw)
-    return (out.detach(), *torch.autograd.grad(out, leaves, grad))
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad, allow_unused=True,
+                                               materialize_grads=True))
 
 
 def masked(mask_type, groups):
@@ -233,6 +237,276 @@ def test_kernel_partial_grads_and_residual(backend):
 def test_kernel_empty_batch(backend):
     x, wt, bias, cond, _ = make(0, 3, 6, 5, 4, 3, 3)
     assert masked_conv2d(x, wt, bias, "A", 3, cond, backend=backend).shape == (0, 6, 5, 4)
+
+
+# --------------------------------------------------------------------------- inf and NaN
+
+BACKENDS = ["reference", *kernel_backends()]
+NAN, INF = float("nan"), float("inf")
+# The interpreter's numpy matmul warns about the NaN / inf these tests feed it on purpose.
+NONFINITE_OK = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+
+def sees(mask, c, i, j, height, width, pad_top, pad_left):
+    """seen[o, i2, j2]: output (o, i2, j2) reads input (c, i, j) through a tap that ``mask``
+    (Cout, Cin, kh, kw) keeps, the output pixel being the tap at (pad_top, pad_left)."""
+    seen = torch.zeros(mask.shape[0], height, width, dtype=torch.bool)
+    for r in range(mask.shape[2]):
+        for s in range(mask.shape[3]):
+            i2, j2 = i - r + pad_top, j - s + pad_left
+            if 0 <= i2 < height and 0 <= j2 < width:
+                seen[:, i2, j2] |= mask[:, c, r, s] != 0
+    return seen
+
+
+def reads(mask, c, i, j, height, width, pad_top, pad_left):
+    """read[o, c2, r, s]: weight entry (o, c2, r, s) is kept by ``mask`` and multiplies input
+    (c, i, j) for some output pixel (so its gradient sees that input)."""
+    read = torch.zeros(mask.shape, dtype=torch.bool)
+    for r in range(mask.shape[2]):
+        for s in range(mask.shape[3]):
+            if 0 <= i - r + pad_top < height and 0 <= j - s + pad_left < width:
+                read[:, c, r, s] = mask[:, c, r, s] != 0
+    return read
+
+
+# (kind, colour groups, kernel): masks A / B with and without colour groups (k = 1 with
+# groups: the centre tap alone), and the shifted convolutions (no masked entry)
+NONFINITE_CASES = [("A", 1, 3), ("B", 1, 5), ("A", 3, 3), ("B", 3, 5), ("A", 3, 1),
+                   ("down", 1, (2, 3)), ("down_right", 1, (2, 2))]
+
+
+def conv_case(case, cout, cin):
+    """(fn, (kh, kw), pad_top, pad_left, mask (Cout, Cin, kh, kw)) of a NONFINITE_CASES entry,
+    the mask written out independently of artrt."""
+    kind, groups, k = case
+    if kind in SHIFTED:
+        kh, kw = k
+        pad_left = (kw - 1) // 2 if kind == "down" else kw - 1
+        return SHIFTED[kind][0], k, kh - 1, pad_left, torch.ones(cout, cin, kh, kw)
+    return masked(kind, groups), (k, k), k // 2, k // 2, hand_mask(cout, cin, k, kind, groups)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES[:5], ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_masked_weight_entries_are_ignored(backend, case, bad):
+    """NaN or inf in the masked weight entries changes nothing: output and every gradient
+    finite, equal to the reference with zeros there, and those entries get zero gradient
+    (the reference multiplied them by a 0/1 mask: NaN everywhere)."""
+    fn, (k, _), _, _, mask = conv_case(case, 9, 6)
+    x, wt, bias, cond, grad = make(2, 6, 9, 5, 7, k, k)
+    dead = (mask == 0).to(DEVICE)
+    assert dead.any()
+    want = run(masked_ref(case[0], case[1]), x, wt.masked_fill(dead, 0), bias, cond, grad)
+    got = run(fn, x, wt.masked_fill(dead, bad), bias, cond, grad, backend=backend)
+    assert all(torch.isfinite(t).all() for t in got)
+    assert_all_close(got, want)
+    assert torch.all(got[2][dead] == 0)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("pixel", [(2, 3), (0, 6)])
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_nonfinite_pixel_reaches_exactly_the_outputs_that_see_it(backend, case, pixel, bad):
+    """x[b, c, i, j] NaN or inf: non-finite exactly at the outputs whose kept taps read it
+    (with colour groups the centre only in the groups allowed to see channel c), and the
+    weight gradient exactly at the kept entries that multiply it; masked entries keep a zero
+    gradient, dx / dbias / dcond stay finite. Every backend, against the reference too.
+    (F.conv2d with the masked entries zeroed gives 0 * NaN = NaN in the whole window.)"""
+    fn, (kh, kw), pad_top, pad_left, mask = conv_case(case, 9, 6)
+    x, wt, bias, cond, grad = make(2, 6, 9, 5, 7, kh, kw)
+    b, c, (i, j) = 1, 2, pixel  # channel 2: the second colour group of three
+    x[b, c, i, j] = bad
+    got = run(fn, x, wt, bias, cond, grad, backend=backend)
+    out, dx, dw, db, dc = got
+    want_out = torch.zeros(out.shape, dtype=torch.bool)
+    want_out[b] = sees(mask, c, i, j, 5, 7, pad_top, pad_left)
+    assert want_out.any()
+    assert torch.equal(~torch.isfinite(out).cpu(), want_out)
+    assert torch.equal(~torch.isfinite(dw).cpu(), reads(mask, c, i, j, 5, 7, pad_top, pad_left))
+    assert torch.all(dw[(mask == 0).to(DEVICE)] == 0)
+    assert all(torch.isfinite(t).all() for t in (dx, db, dc))
+    if case[0] in SHIFTED:
+        want = run(SHIFTED[case[0]][1], x, wt, bias, cond, grad)
+    else:
+        want = run(masked_ref(case[0], case[1]), x, wt, bias, cond, grad)
+    for g, w, what in zip(got, want, ("out", "dx", "dw", "db", "dc"), strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, equal_nan=True, msg=what)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_nan_in_a_live_weight_entry(backend, case):
+    """A NaN in a kept weight entry (o, c, r, s): NaN in every output of channel o (the tap
+    reads x or the zero padding) and in every input gradient of channel c (the gradient is
+    gathered through the mirrored taps from grad_out, zero outside the image, as the kernels
+    do; the reference scattered it and left the border finite), nowhere else; dw, dbias,
+    dcond finite."""
+    fn, (kh, kw), _, _, mask = conv_case(case, 9, 6)
+    x, wt, bias, cond, grad = make(2, 6, 9, 5, 7, kh, kw)
+    o, c = 8, 3  # colour groups 2 and 1 of three: connected at the centre by both masks
+    r, s = (mask[o, c] != 0).nonzero()[0].tolist()
+    wt[o, c, r, s] = NAN
+    out, dx, dw, db, dc = run(fn, x, wt, bias, cond, grad, backend=backend)
+    want_out = torch.zeros(out.shape, dtype=torch.bool)
+    want_out[:, o] = True
+    want_dx = torch.zeros(dx.shape, dtype=torch.bool)
+    want_dx[:, c] = True
+    assert torch.equal(out.isnan().cpu(), want_out)
+    assert torch.equal(dx.isnan().cpu(), want_dx)
+    assert all(torch.isfinite(t).all() for t in (dw, db, dc))
+
+
+# --------------------------------------------------------------------------- empty sizes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("empty", ["B", "Cin", "Cout", "H", "W"])
+@pytest.mark.parametrize("case", [("A", 3, 3), ("B", 1, 5), ("down", 1, (2, 3))],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_empty_dimensions(backend, empty, case):
+    """Each of B, Cin, Cout, H, W empty in turn: output (B, Cout, H, W), with no term of the
+    convolution (Cin = 0: the biases at every pixel), and a gradient of its input's shape
+    for x, weight, bias and cond. (The reference raised F.conv2d's errors, or gave
+    (B, 0, H, W) for Cin = 0.)"""
+    size = {"B": 2, "Cin": 3, "Cout": 6, "H": 4, "W": 5, empty: 0}
+    fn, (kh, kw), *_ = conv_case(case, size["Cout"], size["Cin"])
+    x, wt, bias, cond, grad = make(size["B"], size["Cin"], size["Cout"], size["H"], size["W"],
+                                   kh, kw)
+
+    def biases_only(x, wt, bias, cond):
+        return (bias[:, None, None] + cond[:, :, None, None]).expand(grad.shape)
+
+    got = run(fn, x, wt, bias, cond, grad, backend=backend)
+    assert got[0].shape == grad.shape
+    assert_all_close(got, run(biases_only, x, wt, bias, cond, grad))
+
+
+# --------------------------------------------------------------------------- gated_tap_conv2d
+
+
+def gated_inputs(b, cin, c, h, w, kh, kw, cl, seed=0):
+    """x, weight (2C, Cin, kh, kw), bias (2C,), cond (B, 2C), link_x (B, Cl, H, W),
+    link_weight (2C, Cl, 1, 1), and upstream gradients for out (B, C, H, W) and pre."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(shape, generator=gen)).to(DEVICE)
+
+    return (rnd(b, cin, h, w), rnd(2 * c, cin, kh, kw, scale=max(cin * kh * kw, 1) ** -0.5),
+            rnd(2 * c), rnd(b, 2 * c), rnd(b, cl, h, w), rnd(2 * c, cl, 1, 1),
+            (rnd(b, c, h, w), rnd(b, 2 * c, h, w)))
+
+
+def run_gated(fn, inputs):
+    """(out, pre) and the gradients of x, weight, bias, cond, link_x, link_weight."""
+    *tensors, grads = inputs
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out, pre = fn(*leaves)
+    got = torch.autograd.grad((out, pre), leaves, grads, allow_unused=True,
+                              materialize_grads=True)
+    return (out.detach(), pre.detach(), *got)
+
+
+GATED_NAMES = ("out", "pre", "dx", "dweight", "dbias", "dcond", "dlink_x", "dlink_weight")
+
+
+def gated(pad_top, pad_left, mask_type, backend):
+    def fn(*t):
+        return gated_tap_conv2d(*t, pad_top, pad_left, mask_type, backend)
+    return fn
+
+
+def raster_dead(kh, kw, pad_top, pad_left, mask_type):
+    """(kh, kw) True at the taps mask A / B removes: at and after (pad_top, pad_left) / after;
+    none for "none"."""
+    dead = torch.zeros(kh, kw, dtype=torch.bool)
+    if mask_type == "none":
+        return dead
+    for r in range(kh):
+        for s in range(kw):
+            after = (r, s) > (pad_top, pad_left)
+            dead[r, s] = after or (mask_type == "A" and (r, s) == (pad_top, pad_left))
+    return dead
+
+
+# (kh, kw, pad_top, pad_left, mask_type): the horizontal stack (one row, mask A and B), the
+# vertical stack (rows above and the current one, unmasked), a masked square kernel
+GATED_CASES = [(1, 3, 0, 2, "A"), (1, 2, 0, 1, "B"), (2, 3, 1, 1, "none"), (3, 5, 1, 2, "A")]
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_gated_masked_weight_entries_are_ignored(backend, bad):
+    """gated_tap_conv2d: NaN / inf in the masked weight entries changes nothing (the
+    reference gave NaN everywhere)."""
+    kh, kw, pad_top, pad_left, mask_type = GATED_CASES[3]
+    inputs = gated_inputs(2, 3, 4, 5, 6, kh, kw, 2)
+    dead = raster_dead(kh, kw, pad_top, pad_left, mask_type).to(DEVICE)
+    clean = (inputs[0], inputs[1].masked_fill(dead, 0), *inputs[2:])
+    dirty = (inputs[0], inputs[1].masked_fill(dead, bad), *inputs[2:])
+    want = run_gated(gated(pad_top, pad_left, mask_type, "reference"), clean)
+    got = run_gated(gated(pad_top, pad_left, mask_type, backend), dirty)
+    assert all(torch.isfinite(t).all() for t in got)
+    for g, w, what in zip(got, want, GATED_NAMES, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, msg=what)
+    assert torch.all(got[3][:, :, dead] == 0)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", GATED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gated_nan_pixel_reaches_exactly_the_outputs_that_see_it(backend, case):
+    """gated_tap_conv2d: a NaN in x reaches exactly the pixels whose kept taps read it, in
+    every channel of out and pre; a NaN in link_x at (i, j) exactly pixel (i + 1, j). Every
+    output and gradient has the reference's NaNs and values."""
+    kh, kw, pad_top, pad_left, mask_type = case
+    inputs = list(gated_inputs(2, 3, 4, 5, 6, kh, kw, 2))
+    inputs[0][1, 2, 3, 4] = NAN
+    inputs[4][0, 1, 2, 5] = NAN
+    got = run_gated(gated(pad_top, pad_left, mask_type, backend), inputs)
+    mask = (~raster_dead(kh, kw, pad_top, pad_left, mask_type)).expand(8, 3, kh, kw)
+    want_pre = torch.zeros(2, 8, 5, 6, dtype=torch.bool)
+    want_pre[1] = sees(mask, 2, 3, 4, 5, 6, pad_top, pad_left)
+    want_pre[0, :, 3, 5] = True
+    assert torch.equal(got[1].isnan().cpu(), want_pre)
+    assert torch.equal(got[0].isnan().cpu(), want_pre[:, :4] | want_pre[:, 4:])
+    want = run_gated(gated(pad_top, pad_left, mask_type, "reference"), inputs)
+    for g, w, what in zip(got, want, GATED_NAMES, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, equal_nan=True, msg=what)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("empty", ["B", "Cin", "C", "H", "W", "Cl"])
+def test_gated_empty_dimensions(backend, empty):
+    """gated_tap_conv2d with each of B, Cin, C, H, W and the link's Cl empty in turn: outputs
+    of the right shape, and every gradient of its input's shape, against the definition."""
+    kh, kw, pad_top, pad_left, mask_type = GATED_CASES[3]
+    size = {"B": 2, "Cin": 3, "C": 4, "H": 5, "W": 6, "Cl": 2, empty: 0}
+    inputs = gated_inputs(size["B"], size["Cin"], size["C"], size["H"], size["W"], kh, kw,
+                          size["Cl"])
+    dead = raster_dead(kh, kw, pad_top, pad_left, mask_type).to(DEVICE)
+
+    def definition(x, w, bias, cond, link_x, link_w):
+        pre = bias[:, None, None] + cond[:, :, None, None] + torch.einsum(
+            "bchw,oc->bohw", F.pad(link_x, (0, 0, 1, 0))[:, :, :-1], link_w[:, :, 0, 0])
+        if x.numel() and w.numel():
+            pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+            pre = pre + F.conv2d(F.pad(x, pads), w.masked_fill(dead, 0))
+        return gated_tanh_ref(pre), pre
+
+    got = run_gated(gated(pad_top, pad_left, mask_type, backend), inputs)
+    assert got[0].shape == (size["B"], size["C"], size["H"], size["W"])
+    want = run_gated(definition, inputs)
+    for g, w, what in zip(got, want, GATED_NAMES, strict=True):
+        assert g.shape == w.shape, what
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, msg=what)
 
 
 # --------------------------------------------------------------------------- dispatch
