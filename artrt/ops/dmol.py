@@ -434,6 +434,10 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int
         (B,) NLL in nats, summed over pixels and channels; float32 (float64 for float64
         params). Divide by ``C * H * W * ln 2`` for bits per dimension. Differentiable in
         params. Grayscale is served by the same kernels through a constexpr switch.
+
+    params are not checked for NaN or inf (a host read per training step): an image whose
+    params hold one gets a non-finite NLL (NaN or inf: the backends may differ in which);
+    the other images are unaffected.
     """
     _check(params, x, num_mix, levels)
     return _dmol_nll_op(params, x, num_mix, levels, backends.requested(backend))
