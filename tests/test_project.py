@@ -4,6 +4,7 @@ smoke pass runs, and the code is ruff clean."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -115,11 +116,25 @@ _ABOVE = {
     "artrt/ops": ("artrt.nn", "artrt.sampling", "artrt.models", "artrt.patch",
                   "artrt.integrations", "artrt.train", "artrt.cli", "artrt.data"),
     "artrt/nn": ("artrt.sampling", "artrt.models", "artrt.patch", "artrt.integrations",
-                 "artrt.train", "artrt.cli"),
+                 "artrt.train", "artrt.cli", "artrt.data"),
     "artrt/sampling": ("artrt.models", "artrt.patch", "artrt.integrations", "artrt.train",
-                       "artrt.cli"),
-    "artrt/models": ("artrt.patch", "artrt.integrations", "artrt.train", "artrt.cli"),
+                       "artrt.cli", "artrt.data"),
+    # artrt.data (the bundled data sets) needs numpy, the [data] extra: the models take
+    # their input mapping from artrt.levels
+    "artrt/models": ("artrt.patch", "artrt.integrations", "artrt.train", "artrt.cli",
+                     "artrt.data"),
 }
+
+
+def test_import_without_numpy():
+    """numpy comes with the [data] extra only: artrt, its models, samplers and command line
+    import without it (``artrt info`` is the README's first command after install)."""
+    code = ("import sys; sys.modules['numpy'] = None\n"
+            "import artrt, artrt.models, artrt.sampling, artrt.nn, artrt.cli, artrt.train")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, env={k: v for k, v in os.environ.items()
+                                      if k != "TRITON_INTERPRET"})
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_imports_point_down():

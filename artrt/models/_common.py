@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from artrt.data import to_input
+from artrt.levels import to_input
 from artrt.ops._checks import check_range, value_range
 
 # Shared with the sampling caches, so they live below both; re-exported for the model files.

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from artrt.data import from_input, to_input
+from artrt.levels import from_input, to_input
 from artrt.models._common import (
     DiscreteARModel,
     check_config,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from artrt.data import to_input
+from artrt.levels import to_input
 from artrt.sampling.cache import ARCache
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from artrt.data import to_input
+from artrt.levels import to_input
 from artrt.sampling.cache import ARCache
 
 

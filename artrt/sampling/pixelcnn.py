@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from artrt.data import to_input
+from artrt.levels import to_input
 from artrt.sampling._shared import grouped_logits
 from artrt.sampling.cache import ARCache
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from artrt.data import to_input
+from artrt.levels import to_input
 from artrt.sampling.cache import ARCache
 
 Taps = frozenset  # of (dy, dx) offsets: output q reads the input at q + (dy, dx)
