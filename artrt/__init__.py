@@ -32,11 +32,13 @@ from artrt.ops import (
     wavenet_step,
     wavenet_step_ref,
 )
+from artrt.patch import PatchReport, patch, unpatch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "PatchReport",
     "__version__",
     "attention_decode",
     "attention_decode_ref",
@@ -64,6 +66,8 @@ __all__ = [
     "wavenet_step_ref",
     "nn",
     "ops",
+    "patch",
     "sampling",
+    "unpatch",
     "use_backend",
 ]

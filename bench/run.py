@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench import attention, causal_conv1d, common, dmol, gated, masked_conv, sampling
+from bench import attention, causal_conv1d, common, dmol, gated, masked_conv, patch, sampling
 
 FAMILIES = {
     "attention": attention,
@@ -27,6 +27,7 @@ FAMILIES = {
     "dmol": dmol,
     "gated": gated,
     "masked_conv": masked_conv,
+    "patch": patch,
     "sampling": sampling,
 }
 

@@ -254,8 +254,8 @@ OPS = {
 def test_every_public_op_is_fuzzed():
     public = {n for n in ops.__all__ if callable(getattr(ops, n)) and not n.endswith("_ref")
               and not isinstance(getattr(ops, n), type)}
-    helpers = {"pack_wavenet_step_weights", "random_order", "raster_order", "subscale_order",
-               "tap_mask", "zigzag_order"}
+    helpers = {"dmol_convert_layer", "dmol_layout_index", "pack_wavenet_step_weights",
+               "random_order", "raster_order", "subscale_order", "tap_mask", "zigzag_order"}
     assert public - helpers == set(OPS)
 
 

@@ -20,6 +20,8 @@ from artrt.ops.causal_conv1d import (
     wavenet_gate_ref,
 )
 from artrt.ops.dmol import (
+    dmol_convert_layer,
+    dmol_layout_index,
     dmol_nll,
     dmol_nll_backward_ref,
     dmol_nll_ref,
@@ -63,6 +65,8 @@ __all__ = [
     "down_right_shifted_conv2d_ref",
     "down_shifted_conv2d",
     "down_shifted_conv2d_ref",
+    "dmol_convert_layer",
+    "dmol_layout_index",
     "dmol_nll",
     "dmol_nll_backward_ref",
     "dmol_nll_ref",

@@ -25,9 +25,22 @@ Layout of ``params`` (B, P, H, W) chosen here (grouped by quantity, component fa
 
     mean_R = m_R,  mean_G = m_G + a_0 x_R,  mean_B = m_B + a_1 x_R + a_2 x_G
 
+The reference code's layout (``layout="openai"``: the TF code of PixelCNN++ and its PyTorch
+ports) groups by colour channel instead: K logits, then for each channel c its K means, its
+K raw log-scales and K raw coefficients, where channel j's coefficient block holds a_j:
+
+    [logits K | R: means K, log-scales K, coeffs(a_0) K | G: ... (a_1) | B: ... (a_2)]
+
+The two layouts differ by swapping the quantity and channel axes of the 3 x 3 blocks after
+the logits (an involution: the same permutation converts both ways). Grayscale (P = 3 K:
+logits, means, log-scales) is the same in both. ``dmol_nll`` and ``dmol_sample`` take
+``layout="openai"``; :func:`dmol_layout_index` gives the permutation and
+:func:`dmol_convert_layer` permutes the output channels of a network's final layer, so a
+trained model emits artrt's layout at no cost per call.
+
 Departures from the paper's code, all on purpose:
-- the layout above (the TF code interleaves means, log-scales and coefficients per channel in
-  NHWC); convert a checkpoint by permuting channels;
+- the layout above by default (the TF code interleaves means, log-scales and coefficients
+  per channel in NHWC, ``layout="openai"``);
 - ``log(cdf_plus - cdf_min)`` of a middle bin is computed without cancellation as
   ``log sigmoid(plus) + log sigmoid(-min) + log(1 - exp(-(plus - min)))`` (the same value;
   the paper's difference of two sigmoids loses all digits in fp32 for wide components), so
@@ -54,6 +67,7 @@ from artrt.ops._checks import capturing, check_finite, check_range
 
 # Backends of these ops on CUDA tensors, fastest first (provisional until measured on a GPU).
 PREFERENCE = ("triton", "reference")
+LAYOUTS = ("artrt", "openai")
 
 _MIN_LOG_SCALE = -7.0
 _LOG2E = 1.4426950408889634
@@ -411,10 +425,82 @@ def _(params, uniforms, num_mix, levels, backend):
     return params.new_empty((b, channels, h, w), dtype=torch.float32)
 
 
+# --------------------------------------------------------------------------- layouts
+
+def _check_layout(layout, what: str, arg: str = "layout") -> None:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"{what}: {arg} must be one of {LAYOUTS}, got {layout!r}")
+
+
+def _to_artrt_layout(params: torch.Tensor, num_mix: int, channels: int,
+                     layout: str) -> torch.Tensor:
+    """params (B, P, H, W) in ``layout`` -> the same values in artrt's layout (a copy for
+    RGB in the reference layout; params itself otherwise). Differentiable."""
+    if layout == "artrt" or channels == 1:
+        return params
+    k = num_mix
+    rest = params[:, k:].unflatten(1, (3, 3, k)).transpose(1, 2).flatten(1, 3)  # (B, 9K, H, W)
+    return torch.cat([params[:, :k], rest], 1)
+
+
+def dmol_layout_index(num_mix: int, channels: int = 3, *, src: str = "openai",
+                      dst: str = "artrt", device: torch.device | str | None = None
+                      ) -> torch.Tensor:
+    """The channel permutation between the DMoL params layouts (see the module docstring).
+
+    Returns ``index`` (P,) int64 with ``params_dst = params_src[:, index]`` for params of
+    shape (B, P, H, W), P = 10 K (``channels=3``) or 3 K (``channels=1``: the identity).
+    openai -> artrt and artrt -> openai are the same permutation.
+    """
+    what = "dmol_layout_index"
+    if isinstance(num_mix, bool) or not isinstance(num_mix, int) or num_mix < 1:
+        raise ValueError(f"{what}: num_mix must be an int >= 1, got {num_mix!r}")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"{what}: channels must be 3 (RGB) or 1 (grayscale), got {channels!r}")
+    _check_layout(src, what, "src")
+    _check_layout(dst, what, "dst")
+    k = num_mix
+    index = torch.arange((10 if channels == 3 else 3) * k, device=device)
+    if src == dst or channels == 1:
+        return index
+    rest = index[k:].view(3, 3, k).transpose(0, 1).flatten()
+    return torch.cat([index[:k], rest])
+
+
+@torch.no_grad()
+def dmol_convert_layer(layer: torch.nn.Module, num_mix: int, channels: int = 3, *,
+                       src: str = "openai", dst: str = "artrt") -> torch.nn.Module:
+    """Permute, in place, the output channels of the layer that produces DMoL params, so that
+    it emits layout ``dst`` where it emitted ``src``.
+
+    ``layer``: the network's final layer (one layer, not a block), e.g. an
+    ``nn.Conv2d(Cin, P, 1)`` (the 1x1 output layer of PixelCNN++) or an ``nn.Linear(Cin, P)``
+    applied per pixel. Every parameter of it whose first dimension is P = 10 K (3 K) is
+    permuted along that dimension: ``weight`` (P, ...), ``bias`` (P,), weight norm's
+    ``weight_g`` / ``weight_v`` or a parametrization's ``original`` tensors. The parameter
+    objects are kept (an optimizer holding them stays valid; its state is not permuted).
+    Returns ``layer``.
+    """
+    what = "dmol_convert_layer"
+    if not isinstance(layer, torch.nn.Module):
+        raise TypeError(f"{what}: layer must be a torch.nn.Module, got {type(layer).__name__}")
+    index = dmol_layout_index(num_mix, channels, src=src, dst=dst)
+    p = index.numel()
+    owned = [t for t in layer.parameters() if t.dim() >= 1 and t.shape[0] == p]
+    if not owned:
+        shapes = {n: tuple(t.shape) for n, t in layer.named_parameters()}
+        raise ValueError(f"{what}: layer has no parameter with first dimension P = {p} "
+                         f"({'10' if channels == 3 else '3'} * num_mix = {num_mix}); its "
+                         f"parameters: {shapes}")
+    for t in owned:
+        t.copy_(t[index.to(t.device)])
+    return layer
+
+
 # --------------------------------------------------------------------------- public functions
 
 def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int = 256,
-             backend: str | None = None) -> torch.Tensor:
+             layout: str = "artrt", backend: str | None = None) -> torch.Tensor:
     """Per-image negative log-likelihood of x under a discretized mixture of logistics.
 
     Args:
@@ -427,6 +513,9 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int
             [-1, 1] or NaN raises ValueError (checked on the host inside the op).
         num_mix: K, the number of mixture components.
         levels: L >= 2, the number of levels of x (256 for 8-bit images, 2 for binary).
+        layout: ``"artrt"`` (the module docstring's table) or ``"openai"`` (the PixelCNN++
+            reference code's: K logits, then per colour channel its K means, K log-scales
+            and K coefficients); ``"openai"`` permutes params once (a copy) before the op.
         backend: force ``"reference"`` or ``"triton"``; ``None`` follows
             ``artrt.use_backend`` / ``ARTRT_BACKEND``, else triton on CUDA, reference on CPU.
 
@@ -439,13 +528,15 @@ def dmol_nll(params: torch.Tensor, x: torch.Tensor, num_mix: int, *, levels: int
     params hold one gets a non-finite NLL (NaN or inf: the backends may differ in which);
     the other images are unaffected.
     """
-    _check(params, x, num_mix, levels)
+    _check_layout(layout, "dmol_nll")
+    channels = _check(params, x, num_mix, levels)
+    params = _to_artrt_layout(params, num_mix, channels, layout)
     return _dmol_nll_op(params, x, num_mix, levels, backends.requested(backend))
 
 
 def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator | None = None,
                 *, uniforms: torch.Tensor | None = None, levels: int = 256,
-                backend: str | None = None) -> torch.Tensor:
+                layout: str = "artrt", backend: str | None = None) -> torch.Tensor:
     """Draw x from the discretized mixture of logistics given by params (no gradient).
 
     Per pixel: a component by inverse CDF of softmax(logits) with ``uniforms[:, 0]``, then
@@ -462,11 +553,13 @@ def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator |
             reproduction), so that another sampler (e.g. a cached, pixel-by-pixel one) can
             reproduce the draw exactly; a value outside [0, 1) or NaN raises ValueError.
         levels: L >= 2, as in :func:`dmol_nll`.
+        layout: ``"artrt"`` or ``"openai"``, as in :func:`dmol_nll`.
         backend: as in :func:`dmol_nll`.
 
     Returns:
         (B, C, H, W) float32 on the L-level grid (2i - (L - 1)) / (L - 1) of [-1, 1].
     """
+    _check_layout(layout, "dmol_sample")
     channels = _check_params(params, num_mix, "dmol_sample")
     _check_levels(levels, "dmol_sample")
     b, _, h, w = params.shape
@@ -475,5 +568,5 @@ def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator |
                               device=params.device, dtype=torch.float32)
     _check_data(params, uniforms, "uniforms", 1 + channels, "dmol_sample")
     with torch.no_grad():
-        return _dmol_sample_op(params.detach(), uniforms, num_mix, levels,
-                               backends.requested(backend))
+        params = _to_artrt_layout(params.detach(), num_mix, channels, layout)
+        return _dmol_sample_op(params, uniforms, num_mix, levels, backends.requested(backend))

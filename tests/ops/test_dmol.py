@@ -13,6 +13,8 @@ import torch
 
 from artrt import backends
 from artrt.ops.dmol import (
+    dmol_convert_layer,
+    dmol_layout_index,
     dmol_nll,
     dmol_nll_backward_ref,
     dmol_nll_ref,
@@ -633,6 +635,140 @@ def test_x_off_the_level_grid():
     x2 = make(2, 3, 2, 3, 4, device="cpu", levels=2)[1]
     assert set(x2.unique().tolist()) == {-1.0, 1.0}
     assert torch.isfinite(dmol_nll(params, x2, 2, levels=2)).all()
+
+
+# --------------------------------------------------------------------------- reference layout
+
+
+def openai_layout_nll64(params, x, k):
+    """The PixelCNN++ reference code's loss written out in float64, reading params in its
+    layout: K logits, then per colour channel c a block of 3K channels (K means, K log-scales,
+    K coefficients; channel j's coefficients are a_j). A middle bin's mass is the plain
+    difference of two sigmoids (exact enough in float64), edge bins (at +-0.999) take log
+    sigmoid in the stable form, the 1e-5 switch to the density. Returns (B,) nats."""
+    p, x = params.double(), x.double()
+    logits, blocks = p[:, :k], p[:, k:].unflatten(1, (3, 3 * k))  # (B, 3, 3K, H, W)
+    means, log_scales = blocks[:, :, :k], blocks[:, :, k:2 * k].clamp(min=-7.0)
+    a = torch.tanh(blocks[:, :, 2 * k:])  # a[:, j] = a_j
+    xc = x[:, :, None]  # (B, 3, 1, H, W)
+    mean = torch.stack([means[:, 0], means[:, 1] + a[:, 0] * xc[:, 0],
+                        means[:, 2] + a[:, 1] * xc[:, 0] + a[:, 2] * xc[:, 1]], 1)
+    softplus = torch.nn.functional.softplus
+    centered, inv = xc - mean, torch.exp(-log_scales)
+    plus, minus = inv * (centered + 1 / 255), inv * (centered - 1 / 255)
+    mid = inv * centered
+    log_pdf = mid - log_scales - 2 * softplus(mid) - math.log(127.5)
+    mass = torch.sigmoid(plus) - torch.sigmoid(minus)
+    lp = torch.where(xc < -0.999, plus - softplus(plus),  # log sigmoid(plus)
+                     torch.where(xc > 0.999, -softplus(minus),  # log(1 - sigmoid(minus))
+                                 torch.where(mass > 1e-5, torch.log(mass.clamp(min=1e-300)),
+                                             log_pdf)))
+    z = torch.log_softmax(logits, 1) + lp.sum(1)
+    return -torch.logsumexp(z, 1).sum((1, 2))
+
+
+def to_openai(params, k):
+    return params[:, dmol_layout_index(k, 3, src="artrt", dst="openai")]
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_openai_layout_matches_reference_code(k, seed):
+    """dmol_nll(..., layout="openai") is the reference code's loss on params in its layout,
+    value and gradient (float64)."""
+    params, x, _ = make(2, 3, k, 5, 6, dtype=torch.float64, seed=seed)
+    p_openai = to_openai(params, k).requires_grad_()
+    got = dmol_nll(p_openai, x, k, layout="openai", backend="reference")
+    (g_got,) = torch.autograd.grad(got.sum(), p_openai)
+    p64 = p_openai.detach().requires_grad_()
+    want = openai_layout_nll64(p64, x, k)
+    (g_want,) = torch.autograd.grad(want.sum(), p64)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=0)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+def test_openai_layout_is_a_permutation(backend):
+    """Every backend: layout="openai" equals the artrt layout on permuted params, loss,
+    gradient (permuted back) and samples; grayscale is the same in both layouts."""
+    k = 4
+    params, x, grad = make(2, 3, k, 3, 5)
+    p_openai = to_openai(params, k)
+    got = run(lambda p, x, k: dmol_nll(p, x, k, layout="openai", backend=backend),
+              p_openai, x, k, grad)
+    want = run(lambda p, x, k: dmol_nll(p, x, k, backend=backend), params, x, k, grad)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], to_openai(want[1], k))
+    u = uniforms_for(params, 3, 0)
+    assert torch.equal(dmol_sample(p_openai, k, uniforms=u, layout="openai", backend=backend),
+                       dmol_sample(params, k, uniforms=u, backend=backend))
+    grey, xg, _ = make(2, 1, k, 3, 5)
+    assert torch.equal(dmol_layout_index(k, 1), torch.arange(3 * k))
+    assert torch.equal(dmol_nll(grey, xg, k, layout="openai", backend=backend),
+                       dmol_nll(grey, xg, k, backend=backend))
+
+
+def test_layout_index():
+    """The permutation, written out for K = 2; an involution; the identity for src == dst."""
+    idx = dmol_layout_index(2, src="openai", dst="artrt")
+    # artrt channel -> openai channel: logits 0 1 | means R G B | log-scales R G B | a_0 a_1 a_2
+    assert idx.tolist() == [0, 1, 2, 3, 8, 9, 14, 15, 4, 5, 10, 11, 16, 17, 6, 7, 12, 13,
+                            18, 19]
+    assert torch.equal(idx, dmol_layout_index(2, src="artrt", dst="openai"))
+    assert torch.equal(idx[idx], torch.arange(20))
+    assert torch.equal(dmol_layout_index(3, src="openai", dst="openai"), torch.arange(30))
+
+
+def test_convert_layer():
+    """A final 1x1 conv (or a per-pixel Linear, or a weight-normed conv) trained for the
+    reference layout emits artrt's layout after dmol_convert_layer, on the same parameter
+    objects; converting back restores it exactly."""
+    k = 3
+    torch.manual_seed(0)
+    h = torch.randn(2, 8, 4, 5)
+    _, x, _ = make(2, 3, k, 4, 5)
+    idx = dmol_layout_index(k)
+    conv = torch.nn.Conv2d(8, 10 * k, 1)
+    before = {n: t.detach().clone() for n, t in conv.named_parameters()}
+    p_openai = conv(h).detach()
+    weight = conv.weight
+    assert dmol_convert_layer(conv, k) is conv and conv.weight is weight
+    with torch.no_grad():
+        torch.testing.assert_close(conv(h), p_openai[:, idx], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(dmol_nll(conv(h), x, k),
+                                   dmol_nll(p_openai, x, k, layout="openai"))
+    dmol_convert_layer(conv, k, src="artrt", dst="openai")
+    assert all(torch.equal(t, before[n]) for n, t in conv.named_parameters())
+
+    lin = torch.nn.Linear(8, 10 * k)
+    hl = h.permute(0, 2, 3, 1)  # (B, H, W, Cin): a per-pixel Linear
+    want = lin(hl).permute(0, 3, 1, 2).detach()[:, idx]
+    dmol_convert_layer(lin, k)
+    torch.testing.assert_close(lin(hl).permute(0, 3, 1, 2).detach(), want)
+
+    wn = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(8, 10 * k, 1))
+    want = wn(h).detach()[:, idx]
+    dmol_convert_layer(wn, k)
+    torch.testing.assert_close(wn(h).detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_layout():
+    params, x, _ = make(2, 3, 2, 3, 4, device="cpu")
+    with pytest.raises(ValueError, match=r"dmol_nll: layout must be one of \('artrt', "
+                                         r"'openai'\), got 'tf'"):
+        dmol_nll(params, x, 2, layout="tf")
+    with pytest.raises(ValueError, match="dmol_sample: layout must be one of"):
+        dmol_sample(params, 2, layout=None)
+    with pytest.raises(ValueError, match="dmol_layout_index: src must be one of"):
+        dmol_layout_index(2, src="nhwc")
+    with pytest.raises(ValueError, match="channels must be 3 .* got 2"):
+        dmol_layout_index(2, 2)
+    with pytest.raises(ValueError, match="num_mix must be an int >= 1, got 0"):
+        dmol_layout_index(0)
+    with pytest.raises(ValueError, match="no parameter with first dimension P = 20"):
+        dmol_convert_layer(torch.nn.Conv2d(8, 30, 1), 2)
+    with pytest.raises(TypeError, match="layer must be a torch.nn.Module, got Tensor"):
+        dmol_convert_layer(params, 2)
 
 
 # --------------------------------------------------------------------------- torch.library
