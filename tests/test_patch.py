@@ -9,8 +9,10 @@ tril buffer, grouped-query heads).
 For each idiom: the layer is replaced by the expected artrt module on the same parameter
 tensors, outputs and gradients equal the original's, the state_dict keeps its keys, order
 and values and checkpoints load both ways, unpatch restores, and the artrt op runs (the
-profiler sees it). Look-alikes are left alone with a reason. Everything runs on the reference
-backend (CPU)."""
+profiler sees it). Look-alikes are left alone with a reason. Attention written as
+transformers writes it (Conv1D projections, a forward with a KV cache and other defaulted
+arguments, an (output, weights) tuple) is replaced too, and its arguments are computed or
+refused as probed. Everything runs on the reference backend (CPU)."""
 
 from __future__ import annotations
 
@@ -689,3 +691,249 @@ def test_low_precision_model(name, dtype):
     want = reference(x).float()
     err = (model(x).float() - want).abs().max().item()
     assert err <= 2 ** -7 * want.abs().max().item()  # a couple of bf16 / fp16 roundings
+
+
+# --------------------------------------------------------------------------- transformers-style
+
+class TransposedProjection(nn.Module):
+    """GPT-2's Conv1D: weight (in, out), y = x @ W + b (``bias_scale`` != 1: a look-alike)."""
+
+    def __init__(self, cin, cout, bias_scale=1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cin, cout) * cin ** -0.5)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+        self.bias_scale = bias_scale
+
+    def forward(self, x):
+        y = torch.addmm(self.bias * self.bias_scale, x.reshape(-1, x.shape[-1]), self.weight)
+        return y.view(*x.shape[:-1], -1)
+
+
+class ListCache:
+    """A KV cache used as transformers' DynamicCache is: update() appends a layer's keys and
+    values and returns all of them; ``unused`` > 0 returns that many empty slots after them
+    as well (a static cache)."""
+
+    def __init__(self, unused=0):
+        self.keys, self.values, self.unused = {}, {}, unused
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        if layer_idx in self.keys:
+            k = torch.cat([self.keys[layer_idx], k], dim=2)
+            v = torch.cat([self.values[layer_idx], v], dim=2)
+        self.keys[layer_idx], self.values[layer_idx] = k, v
+        pad = (0, 0, 0, self.unused)
+        return F.pad(k, pad), F.pad(v, pad)
+
+    def get_seq_length(self, layer_idx=0):
+        return self.keys[layer_idx].shape[2] if layer_idx in self.keys else 0
+
+
+class HFAttention(nn.Module):
+    """Attention written as transformers' GPT-2 / ImageGPT layers are: Conv1D projections, a
+    tril "bias" buffer (not saved), extra arguments with defaults, a KV cache filled through
+    ``layer_past.update(k, v, layer_idx)``, and (output, attention weights) returned.
+    Look-alikes: ``cache_scale`` != 1 caches other keys than it attends to first;
+    ``keys_out`` returns the keys in place of the weights."""
+
+    def __init__(self, dim=32, n_head=4, layer_idx=0, positions=16, cache_scale=1.0,
+                 keys_out=False):
+        super().__init__()
+        self.num_heads, self.head_dim, self.layer_idx = n_head, dim // n_head, layer_idx
+        self.c_attn = TransposedProjection(dim, 3 * dim)
+        self.c_proj = TransposedProjection(dim, dim)
+        tril = torch.ones(positions, positions, dtype=torch.bool).tril()
+        self.register_buffer("bias", tril.view(1, 1, positions, positions), persistent=False)
+        self.cache_scale, self.keys_out = cache_scale, keys_out
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, head_mask=None,
+                use_cache=False, output_attentions=False, **kwargs):
+        b, t, c = hidden_states.shape
+        q, k, v = self.c_attn(hidden_states).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                   for z in (q, k, v))  # (B, H, T, D)
+        if layer_past is not None:
+            k, v = layer_past.update(k * self.cache_scale, v, self.layer_idx)
+        tk = k.shape[2]
+        w = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        w = torch.where(self.bias[:, :, tk - t:tk, :tk], w, torch.finfo(w.dtype).min)
+        if attention_mask is not None:
+            w = w + attention_mask
+        w = w.softmax(-1)
+        if head_mask is not None:
+            w = w * head_mask
+        out = self.c_proj((w @ v).transpose(1, 2).reshape(b, t, c))
+        return out, (k if self.keys_out else w)
+
+
+class HFBlock(nn.Module):
+    """A block calling its attention as transformers' do: by keyword, keeping element 0."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.ln = nn.LayerNorm(32)
+        self.attn = HFAttention(**kw)
+
+    def forward(self, x, cache=None):
+        return x + self.attn(self.ln(x), layer_past=cache, use_cache=cache is not None)[0]
+
+
+def test_conv1d_attention_with_arguments_patched():
+    """Conv1D projections (weight (in, out)), a forward with more arguments and a tuple
+    output: replaced on the same Parameters, same outputs, gradients and checkpoints."""
+    torch.manual_seed(0)
+    model = HFBlock()
+    reference = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1))
+
+    report = artrt.patch(model)
+
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [(r.path, r.old_type, r.detail) for r in report.replaced] == [
+        ("attn", HFAttention, "causal, 4 heads, KV cache (layer_past)")], str(report)
+    assert report.left_alone == []
+    new = model.attn
+    assert isinstance(new, artrt.nn.CausalSelfAttention)
+    original = vars(new)["_artrt_patch"].original
+    # the Conv1D Parameters themselves, used transposed (not copied)
+    assert new.qkv.weight is original.c_attn.weight and new.qkv.bias is original.c_attn.bias
+    assert new.proj.weight is original.c_proj.weight and new.proj.bias is original.c_proj.bias
+    assert {id(p) for p in original.parameters()} == {id(p) for p in new.parameters()}
+    out = new(model.ln(x))
+    assert type(out) is tuple and len(out) == 2 and out[1] is None  # no attention weights
+    torch.testing.assert_close(out[0], reference.attn(reference.ln(x))[0], rtol=1e-5,
+                               atol=1e-5)
+
+    upstream = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(2))
+    want, want_dx, want_dw = forward_backward(reference, x, upstream)
+    got, got_dx, got_dw = forward_backward(model, x, upstream)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_dx, want_dx, rtol=1e-5, atol=1e-5)
+    assert got_dw.keys() == want_dw.keys() and "attn.c_attn.weight" in got_dw
+    for key, g in got_dw.items():
+        torch.testing.assert_close(g, want_dw[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert "artrt::causal_attention" in artrt_ops_run(model, x)
+
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    moved = {k: v + 0.1 * torch.randn_like(v) for k, v in before.items()}
+    model.load_state_dict(moved)
+    reference.load_state_dict(moved)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    fresh = HFBlock()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-5)
+
+    assert artrt.unpatch(model) == 1 and type(model.attn) is HFAttention
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, moved[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_patched_attention_fills_a_kv_cache_as_the_layer(grad):
+    """A prefill and steps of 1 and 3 through a KV cache: the outputs and the cached keys and
+    values equal the original's; a step runs artrt's decode attention."""
+    torch.manual_seed(0)
+    model = HFBlock(layer_idx=3)
+    reference = copy.deepcopy(model)
+    assert [r.path for r in artrt.patch(model).replaced] == ["attn"]
+    x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(1))
+    ours, theirs = ListCache(), ListCache()
+    with torch.set_grad_enabled(grad):
+        for lo, hi in ((0, 5), (5, 6), (6, 9)):
+            torch.testing.assert_close(model(x[:, lo:hi], ours), reference(x[:, lo:hi], theirs),
+                                       rtol=1e-5, atol=1e-5)
+    assert ours.keys.keys() == theirs.keys.keys() == {3}
+    torch.testing.assert_close(ours.keys[3], theirs.keys[3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.values[3], theirs.values[3], rtol=1e-5, atol=1e-5)
+    if not grad:
+        cache = ListCache()
+        with torch.no_grad():
+            model(x[:, :4], cache)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) \
+                    as prof, artrt.use_backend("reference"):
+                model(x[:, 4:5], cache)
+        assert "artrt::attention_decode" in {e.key for e in prof.key_averages()}
+
+
+def test_patched_attention_compiles_fullgraph():
+    """The argument checks of the replacement trace: no graph break."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = HFBlock()
+    reference = copy.deepcopy(model)
+    artrt.patch(model)
+    x = torch.randn(2, 5, 32)
+    with artrt.use_backend("reference"):
+        got = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got, reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_patched_attention_refuses_arguments_it_does_not_compute():
+    torch.manual_seed(0)
+    model = HFBlock()
+    reference = copy.deepcopy(model)
+    artrt.patch(model)
+    attn, want = model.attn, reference.attn
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    close = dict(rtol=1e-5, atol=1e-5)
+    # defaults, by keyword or by position, and use_cache=True without a cache: computed
+    torch.testing.assert_close(attn(x, use_cache=True)[0], want(x)[0], **close)
+    torch.testing.assert_close(attn(x, None, None, None, False, False)[0], want(x)[0], **close)
+    torch.testing.assert_close(attn(x, output_attentions=None)[0], want(x)[0], **close)
+    at = "artrt.patch replaced the HFAttention at 'attn' with artrt's causal attention, "
+    for kw, message in [
+        (dict(attention_mask=torch.zeros(2, 1, 5, 5)),
+         r"which computes it with attention_mask=None only; got attention_mask=a "
+         r"torch.float32 tensor of shape \(2, 1, 5, 5\) \(a padding or custom mask"),
+        (dict(output_attentions=True), r"output_attentions=False only; got "
+                                       r"output_attentions=True \(artrt never forms"),
+        (dict(head_mask=torch.ones(4, 1, 1)), r"head_mask=None only; got head_mask=a "
+                                              r"torch.float32 tensor of shape \(4, 1, 1\)"),
+        (dict(position_bias=0.5), r"computes it with no position_bias only; got "
+                                  r"position_bias=0.5"),
+        (dict(layer_past=ListCache(unused=2)), r"got layer_past=a ListCache \(it returned 7 "
+                                               r"keys for 0 cached and 5 new positions, a "
+                                               r"static"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(at) + ".*" + message):
+            attn(x, **kw)
+    with pytest.raises(TypeError, match="layer_past must be None or a KV cache with update"):
+        attn(x, layer_past=object())
+    with pytest.raises(TypeError, match="takes 6 positional arguments, got 7"):
+        attn(x, None, None, None, False, False, True)
+    with pytest.raises(TypeError, match="multiple values for 'layer_past'"):
+        attn(x, None, layer_past=None)
+
+
+def test_transformers_style_look_alikes():
+    """A layer whose tuple holds more than attention weights and one with a required
+    argument are left alone; a projection that is not x @ W + b is no candidate; a layer
+    that caches other keys than it attends to is left alone (transformers passes a cache by
+    default: a replacement that refused it would break the model's every call)."""
+    torch.manual_seed(0)
+    report = artrt.patch(nn.Sequential(HFAttention(keys_out=True)))
+    assert report.replaced == [] and len(report.left_alone) == 1, str(report)
+    assert re.search(r"element 1 is a tensor of shape \(2, 4, 6, 8\), not attention weights",
+                     report.left_alone[0].reason)
+
+    class NeedsMask(HFAttention):
+        def forward(self, hidden_states, attention_mask):
+            return super().forward(hidden_states, attention_mask=attention_mask)
+
+    report = artrt.patch(nn.Sequential(NeedsMask()))
+    assert report.replaced == [] and "needs more than x" in report.left_alone[0].reason
+
+    odd = nn.Sequential(HFAttention())
+    odd[0].c_attn.bias_scale = 2.0
+    assert artrt.patch(odd) == PatchReport() and type(odd[0]) is HFAttention
+
+    model = HFBlock(cache_scale=0.5)
+    report = artrt.patch(model)
+    assert report.replaced == [] and type(model.attn) is HFAttention
+    assert [r.path for r in report.left_alone] == ["attn"], str(report)
+    assert re.search(r"its forward takes a KV cache \(layer_past\), and the replacement, given "
+                     r"one, differs from it: with a KV cache, positions 0..2: max error",
+                     report.left_alone[0].reason)

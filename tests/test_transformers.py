@@ -6,8 +6,10 @@ the implementation into the config it is given). Logits and gradients equal eage
 fp32, with and without a KV cache (generate, one step, a chunk of steps), for GPT-2 and a
 Llama with grouped-query heads; the profiler sees the artrt ops run. Masks artrt does not
 cover (padding, a sliding window shorter than the sequence, an additive bias), dropout,
-output_attentions and non-causal modules are refused with a ValueError. Skipped without
-transformers (pip install -e ".[hf]")."""
+output_attentions and non-causal modules are refused with a ValueError. ImageGPT, which has
+its own attention code, is covered by artrt.patch instead: logits, gradients, generate(),
+checkpoints and unpatch against the unpatched model. Skipped without transformers
+(pip install -e ".[hf]")."""
 
 from __future__ import annotations
 
@@ -263,20 +265,113 @@ def test_function_refusals():
         attention_forward(Layer(), *qkv(4, 2), None)
 
 
-@pytest.mark.xfail(strict=True, reason="artrt.patch does not recognise ImageGPTAttention yet: "
-                   "Conv1D projections (not nn.Linear), a forward with a cache and mask and a "
-                   "(output, weights) tuple")
-def test_imagegpt_patched():
+# --------------------------------------------------------------------------- ImageGPT
+
+def imagegpt(**kw):
+    """A small ImageGPT (its own attention code: Conv1D projections, layer_past, a tuple
+    output); dropout 0 unless given (artrt.patch leaves attention with dropout alone)."""
     from transformers import ImageGPTConfig, ImageGPTForCausalImageModeling
 
     torch.manual_seed(0)
-    model = ImageGPTForCausalImageModeling(ImageGPTConfig(
-        n_layer=2, n_head=4, n_embd=32, vocab_size=17, n_positions=16)).eval()
-    ids = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = model(ids).logits
+    kw = dict(dict(attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0), **kw)
+    return ImageGPTForCausalImageModeling(ImageGPTConfig(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=17, n_positions=16, **kw)).eval()
+
+
+def pixels(b=2, t=16, seed=1):
+    return torch.randint(0, 16, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_imagegpt_patched():
+    from transformers.models.imagegpt.modeling_imagegpt import ImageGPTAttention
+
+    model = imagegpt()
+    reference = copy.deepcopy(model)
+    ids = pixels()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     report = artrt.patch(model)
-    assert len(report.replaced) == 2, str(report)
+    assert [(r.path, r.old_type, r.detail) for r in report.replaced] == [
+        (f"transformer.h.{i}.attn", ImageGPTAttention, "causal, 4 heads, KV cache (layer_past)")
+        for i in range(2)], str(report)
+    assert report.left_alone == []
+    attn = model.transformer.h[1].attn
+    assert isinstance(attn, artrt.nn.CausalSelfAttention) and attn.layer_idx == 1
+    original = vars(attn)["_artrt_patch"].original
+    assert attn.qkv.weight is original.c_attn.weight  # the Conv1D Parameter, (C, 3C)
+
+    with torch.no_grad():
+        want = reference(ids).logits
+        close(model(ids).logits, want)  # use_cache=True by default: a DynamicCache is filled
+        close(model(ids, use_cache=False).logits, want)
+    assert "artrt::causal_attention" in artrt_ops(lambda: model(ids))
+
+    # training: gradients on the Conv1D Parameters by their original names
+    model.train(), reference.train()
+    model(ids, labels=ids).loss.backward()
+    reference(ids, labels=ids).loss.backward()
+    grads = {k: p.grad for k, p in model.state_dict(keep_vars=True).items()
+             if isinstance(p, torch.nn.Parameter)}
+    for k, p in reference.state_dict(keep_vars=True).items():
+        if isinstance(p, torch.nn.Parameter):
+            close(grads[k], p.grad)
+    model.eval(), reference.eval()
+
+    # state_dict: same keys, order and values; checkpoints load both ways
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    moved = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in before.items()}
+    model.load_state_dict(moved)
+    reference.load_state_dict(moved)
+    fresh = imagegpt()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        want = reference(ids).logits
+        close(model(ids).logits, want)
+        close(fresh(ids).logits, want)
+
+    assert artrt.unpatch(model) == 2
+    assert all(type(block.attn) is ImageGPTAttention for block in model.transformer.h)
     with torch.no_grad():
         close(model(ids).logits, want)
-    assert "artrt::causal_attention" in artrt_ops(lambda: model(ids))
+
+
+def test_imagegpt_patched_generates_through_its_cache():
+    model = imagegpt()
+    reference = copy.deepcopy(model)
+    artrt.patch(model)
+    ids = pixels()
+    kw = dict(max_new_tokens=6, do_sample=False, output_logits=True,
+              return_dict_in_generate=True)
+    got, want = model.generate(ids[:, :5], **kw), reference.generate(ids[:, :5], **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    close(torch.stack(got.logits), torch.stack(want.logits))
+    with torch.no_grad():
+        cache = model(ids[:, :6]).past_key_values
+        ran = artrt_ops(lambda: model(ids[:, 6:7], cache=cache))
+    assert ran == {"artrt::attention_decode"}
+
+
+def test_imagegpt_patched_refuses_what_artrt_does_not_compute():
+    model = imagegpt()
+    artrt.patch(model)
+    ids, mask = pixels(), torch.ones(2, 16, dtype=torch.long)
+    mask[1, :3] = 0
+    with pytest.raises(ValueError, match=r"the ImageGPTAttention at 'transformer.h.0.attn' .*"
+                                         r"attention_mask=None only; got attention_mask=a "
+                                         r"torch.float32 tensor of shape \(2, 1, 16, 16\)"):
+        model(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="output_attentions=False only; got "
+                                         "output_attentions=True"):
+        model(ids, output_attentions=True)
+    with torch.no_grad():  # an all-ones mask is no mask: transformers passes None
+        model(ids, attention_mask=torch.ones(2, 16, dtype=torch.long))
+
+
+def test_imagegpt_with_attention_dropout_left_alone():
+    """ImageGPTConfig's default attn_pdrop / resid_pdrop of 0.1: left alone, even in eval
+    mode (the replacement has no dropout, and training would silently lose it)."""
+    model = imagegpt(attn_pdrop=0.1, resid_pdrop=0.1)
+    report = artrt.patch(model)
+    assert report.replaced == [] and len(report.left_alone) == 2
+    assert all("dropout p=0.1" in r.reason for r in report.left_alone)

@@ -16,7 +16,9 @@ causal 1-D convolution (left pad, or symmetric  ``artrt.nn.CausalConv1d``
 pad + right crop), any dilation, K <= 8
 ``tanh(a) * sigmoid(b)``, ``a * sigmoid(b)``    ``artrt.nn.GatedTanh`` / ``GatedSigmoid``
 causal self-attention over one fused q|k|v      ``artrt.nn.CausalSelfAttention``
-projection or ``nn.MultiheadAttention``
+projection (``nn.Linear``, or transformers'     (``PatchedAttention``, a subclass, for a
+``Conv1D`` with weight (in, out)) or            layer with more arguments or a tuple
+``nn.MultiheadAttention``                       output, as ImageGPT's)
 ==============================================  ===========================================
 
 How each is probed: :mod:`artrt.patch._conv`, :mod:`artrt.patch._gate`,

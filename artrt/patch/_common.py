@@ -60,13 +60,14 @@ def state_of(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def run(module: nn.Module, x, replace: dict[str, torch.Tensor] | None = None):
-    """``module(*x)`` on clones of its tensors, some replaced by ``replace`` (name -> tensor),
-    under no_grad. The module's own tensors are never written."""
+def run(module: nn.Module, x, replace: dict[str, torch.Tensor] | None = None,
+        kwargs: dict | None = None):
+    """``module(*x, **kwargs)`` on clones of its tensors, some replaced by ``replace``
+    (name -> tensor), under no_grad. The module's own tensors are never written."""
     tensors = {n: t.detach().clone() for n, t in state_of(module).items()}
     tensors.update(replace or {})
     with torch.no_grad():
-        return torch.func.functional_call(module, tensors, x, tie_weights=False)
+        return torch.func.functional_call(module, tensors, x, kwargs, tie_weights=False)
 
 
 def tolerance(dtype: torch.dtype, device: torch.device) -> float:
@@ -83,7 +84,13 @@ def tolerance(dtype: torch.dtype, device: torch.device) -> float:
 
 
 def mismatch(want, got) -> str | None:
-    """None when ``got`` equals ``want`` to the dtype's tolerance; else what differs."""
+    """None when ``got`` equals ``want`` to the dtype's tolerance; else what differs. Tuples
+    (an attention layer's (output, weights)) of one length compare by their first element:
+    the output; what follows it is the recogniser's business."""
+    if isinstance(want, tuple) and isinstance(got, tuple) and want and got:
+        if len(want) != len(got):
+            return f"outputs are tuples of {len(want)} and {len(got)}"
+        want, got = want[0], got[0]
     if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
         return f"outputs are {type(want).__name__} and {type(got).__name__}"
     if want.shape != got.shape:
@@ -106,12 +113,25 @@ def mismatch(want, got) -> str | None:
 def single_input(module: nn.Module) -> bool:
     """``module.forward`` takes exactly one argument (x): anything else it might be called
     with (a mask, a condition) could change its function in ways a probe cannot see."""
+    return extra_arguments(module) == []
+
+
+def extra_arguments(module: nn.Module) -> list[inspect.Parameter] | None:
+    """The parameters of ``module.forward`` after x, when x is its only required argument
+    (the others have defaults, or are ``*args`` / ``**kwargs``); None otherwise (x is
+    keyword-only, or another argument has no default)."""
     try:
         params = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
-        return False
-    return len(params) == 1 and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                     inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return None
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if any(p.default is inspect.Parameter.empty and p.kind not in variadic
+           for p in params[1:]):
+        return None
+    return params[1:]
 
 
 def post_hooks(module: nn.Module) -> str | None:
