@@ -18,7 +18,6 @@ from tests.models.common import (
     assert_mnist_training_lowers_loss,
     assert_nll_and_sampling,
     assert_normalised,
-    real_batch,
 )
 
 
@@ -104,5 +103,8 @@ def test_bad_config():
 def test_gpu_matches_cpu():
     """cuDNN's LSTM against the CPU one, and the stepped sampler on the GPU."""
     model = small((1, 28, 28), 2, 10, hidden=128, layers=2)
-    x, y = real_batch("mnist5k-binary", 16)
+    # 16 random binary 28 x 28 images, sparse as MNIST's (no data set: the GPU image lacks
+    # the packages that ship them)
+    x = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.2).long()
+    y = torch.arange(16) % 10
     assert_cuda_matches_cpu(model, x, y)

@@ -538,8 +538,10 @@ def _gpu_check(got, ref_fn, inputs, grad, names, what):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(16, 64, 128, 16000, 2, 512), (4, 129, 65, 4097, 3, 7)])
+@pytest.mark.parametrize("dtype,shape", [  # WaveNet's in every dtype; odd sizes, K = 3
+    (torch.float32, (16, 64, 128, 16000, 2, 512)), (torch.float16, (16, 64, 128, 16000, 2, 512)),
+    (torch.bfloat16, (16, 64, 128, 16000, 2, 512)), (torch.float32, (4, 129, 65, 4097, 3, 7)),
+    (torch.bfloat16, (4, 129, 65, 4097, 3, 7))])
 def test_gpu_conv_real_shapes(dtype, shape, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     d = shape[-1]
@@ -549,8 +551,9 @@ def test_gpu_conv_real_shapes(dtype, shape, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("bias", ["vector", "per_sample"])
+@pytest.mark.parametrize("dtype,bias", [  # each dtype; each bias layout in bf16
+    (torch.float32, "per_sample"), (torch.float16, "vector"), (torch.bfloat16, "vector"),
+    (torch.bfloat16, "per_sample")])
 def test_gpu_gate_real_shapes(dtype, bias, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     d = 256

@@ -813,8 +813,10 @@ def test_torch_compile_fullgraph(backend):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(16, 3, 10, 32, 32), (8, 1, 5, 64, 64), (4, 3, 30, 31, 17)])
+@pytest.mark.parametrize("dtype,shape", [  # CIFAR in every dtype; grayscale; odd sizes, K = 30
+    (torch.float32, (16, 3, 10, 32, 32)), (torch.float16, (16, 3, 10, 32, 32)),
+    (torch.bfloat16, (16, 3, 10, 32, 32)), (torch.bfloat16, (8, 1, 5, 64, 64)),
+    (torch.float32, (4, 3, 30, 31, 17)), (torch.bfloat16, (4, 3, 30, 31, 17))])
 def test_gpu_real_shapes(dtype, shape):
     b, channels, k, h, w = shape
     params, x, grad = make(b, channels, k, h, w, dtype=dtype, device="cuda")
