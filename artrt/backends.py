@@ -1,21 +1,30 @@
 """Backends and how an op picks one.
 
-Every op has up to three implementations:
+Every op has up to four implementations:
 
 =============  ===========================================  ================================
 backend        what it is                                   runs on
 =============  ===========================================  ================================
 ``reference``  pure PyTorch, the specification              any device, any float dtype
+``cpu``        aten's fused CPU kernels (flash attention,   CPU tensors; float32, float64,
+               ``glu``), for the ops that have it           float16, bfloat16
 ``triton``     Triton kernels (``artrt.kernels``)           CUDA tensors; CPU tensors only
                                                             under ``TRITON_INTERPRET=1``
 ``cuda``       CUDA C++ kernels (``artrt._C``)              CUDA tensors, extension built
 =============  ===========================================  ================================
 
-By default an op takes the first available backend of its own preference list for the
-tensor's device (on CPU that is the reference: the Triton interpreter is for testing, not
-speed). ``artrt.use_backend(name)``, the ``ARTRT_BACKEND`` environment variable or an op's
-``backend=`` argument force one; forcing a backend that cannot run the call raises
+By default an op takes the first available backend of its own preference list for a CUDA
+tensor; for a CPU tensor it takes ``cpu`` when the op has that backend, else the reference
+(the Triton interpreter is for testing, not speed). ``artrt.use_backend(name)``, the
+``ARTRT_BACKEND`` environment variable or an op's ``backend=`` argument force one; forcing a
+backend that cannot run the call (or that the op does not have) raises
 :class:`BackendUnavailableError` with the reason, never a silent fallback.
+
+An op's ``cpu`` backend may be called as plain Python, skipping the torch.library dispatcher
+(whose Python custom-op path costs 13-25 us a call, more than a small aten kernel), when
+:func:`direct_call` allows it: eager mode, plain CPU tensors, no tracing, no dispatch or
+function modes, no functorch transform. Everything else (torch.compile, opcheck, fake
+tensors, subclasses, vmap) goes through the op, which runs the same code.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ from contextlib import contextmanager
 
 import torch
 
-BACKENDS = ("reference", "triton", "cuda")
+BACKENDS = ("reference", "cpu", "triton", "cuda")
 AUTO = "auto"
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # Stack of names pushed by use_backend(). A plain module global (not a contextvar) so that
 # torch.compile reads it as a guarded constant.
@@ -39,8 +49,11 @@ class BackendUnavailableError(RuntimeError):
     """A forced backend cannot run the call; the message says why."""
 
 
+_NAMES = frozenset((*BACKENDS, AUTO))
+
+
 def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or name not in (*BACKENDS, AUTO):
+    if not isinstance(name, str) or name not in _NAMES:
         raise ValueError(f"{what} must be one of {(*BACKENDS, AUTO)}, got {name!r}")
     return name
 
@@ -49,8 +62,8 @@ def _check_name(name: str, what: str) -> str:
 def use_backend(name: str) -> Iterator[None]:
     """Force the backend of every artrt op called inside the block.
 
-    ``name`` is ``"reference"``, ``"triton"``, ``"cuda"`` or ``"auto"`` (undo an outer
-    forcing). Takes precedence over ``ARTRT_BACKEND``; an op's ``backend=`` argument takes
+    ``name`` is ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or ``"auto"`` (undo an
+    outer forcing). Takes precedence over ``ARTRT_BACKEND``; an op's ``backend=`` argument takes
     precedence over both. The choice is recorded with the forward pass, so the backward of
     an op called in the block uses the same backend wherever it runs.
     """
@@ -69,8 +82,10 @@ def requested(backend: str | None = None) -> str:
 
 
 def _env_backend() -> str:
-    return _check_name(os.environ.get("ARTRT_BACKEND", AUTO).strip().lower() or AUTO,
-                       "the ARTRT_BACKEND environment variable")
+    raw = os.environ.get("ARTRT_BACKEND")  # read at every call: it may change at run time
+    if not raw:
+        return AUTO
+    return _check_name(raw.strip().lower() or AUTO, "the ARTRT_BACKEND environment variable")
 
 
 def load_triton_kernels():
@@ -95,8 +110,16 @@ def load_extension():
 def unavailable_reason(name: str, device: torch.device | str,
                        dtype: torch.dtype | None = None) -> str | None:
     """Why backend ``name`` cannot run on ``device`` with ``dtype``; None when it can."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if name == "reference":
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"the cpu backend runs on CPU tensors, got a {device.type} tensor"
+        if dtype is not None and dtype not in CPU_DTYPES:
+            return (f"the cpu backend supports float32, float64, float16 and bfloat16, got "
+                    f"{dtype}; the reference backend handles other dtypes")
         return None
     if dtype is not None and dtype not in KERNEL_DTYPES:
         return (f"the {name} kernels support float32, float16 and bfloat16, got {dtype}; "
@@ -128,8 +151,9 @@ def select(op: str, device: torch.device, dtype: torch.dtype, backend: str,
            preference: Sequence[str]) -> str:
     """Resolve ``backend`` (a name or ``"auto"``) for one call of ``op``.
 
-    ``preference`` lists the op's backends for CUDA tensors, fastest first; on other devices
-    the reference comes first. Raises BackendUnavailableError when a forced backend cannot run.
+    ``preference`` lists the op's backends, fastest first for CUDA tensors; on a CPU tensor
+    the op takes ``cpu`` when it is listed and can run the dtype, else the reference (as on
+    any other device). Raises BackendUnavailableError when a forced backend cannot run.
     """
     name = _check_name(backend, "backend")
     source = "requested"
@@ -145,6 +169,9 @@ def select(op: str, device: torch.device, dtype: torch.dtype, backend: str,
             raise BackendUnavailableError(f"{op}: backend {name!r} ({source}) cannot run: {why}")
         return name
     if device.type != "cuda":
+        if (device.type == "cpu" and "cpu" in preference
+                and unavailable_reason("cpu", device, dtype) is None):
+            return "cpu"
         return "reference"
     for name in preference:
         if unavailable_reason(name, device, dtype) is None:
@@ -156,3 +183,24 @@ def status() -> dict[str, dict[str, str | None]]:
     """For each device type ('cpu', and 'cuda' when present), each backend's reason or None."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {d: {name: unavailable_reason(name, d) for name in BACKENDS} for d in devices}
+
+
+def direct_call(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op call on ``tensors`` (None entries ignored) may run its ``cpu`` backend as
+    plain Python instead of through its torch.library op: eager mode (not compiling, not
+    tracing), no TorchDispatchMode or TorchFunctionMode active (fake tensors, make_fx, opcheck
+    and ``with torch.device(...)`` use one), no functorch transform (vmap, grad), and every
+    tensor a plain ``torch.Tensor`` (not a subclass such as a Parameter) on the CPU. The
+    caller still validates and selects the backend as the op does."""
+    try:  # private torch functions: a torch without one takes the op (always correct)
+        if (torch.compiler.is_compiling() or torch._C._is_tracing()
+                or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None):
+            return False
+    except AttributeError:
+        return False
+    for t in tensors:
+        if t is not None and not (type(t) is torch.Tensor and t.is_cpu):
+            return False
+    return True

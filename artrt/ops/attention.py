@@ -12,6 +12,15 @@ matrix in memory, the forward saves only the log-sum-exp and the backward recomp
 blocks that no query of a block may see are skipped (see ``artrt.kernels.attention``).
 Grouped-query and multi-query attention: k and v may have fewer heads than q.
 
+The ``cpu`` backend runs aten's fused CPU flash-attention kernel (forward and backward, the
+log-sum-exp saved between them) with its raster-causal mask, which skips the blocks above the
+diagonal: an ``order`` is run as raster order on the sequence permuted into generation order
+(then permuted back), and ``strict`` as raster order of queries 1..T-1 against keys
+0..T-2 (the first query sees nothing). In eager mode on plain CPU tensors it is called
+without the torch.library dispatcher (see :func:`artrt.backends.direct_call`) and autograd
+differentiates it through the flash kernel's own backward node, as it does
+``F.scaled_dot_product_attention``; the op (torch.compile, opcheck) runs the same kernels.
+
 Departures: ``strict`` rows that see no key (the first step of a strict order) are defined
 to output zeros with zero gradient, where a plain softmax would give nan.
 
@@ -26,14 +35,16 @@ is the op ``artrt::causal_attention_backward``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from artrt import backends
 
-# Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
-PREFERENCE = ("triton", "reference")
+# Backends of this op, fastest first on CUDA tensors (provisional until measured on a GPU);
+# CPU tensors take "cpu" (see artrt.backends.select).
+PREFERENCE = ("triton", "cpu", "reference")
 HEAD_DIMS = (16, 32, 48, 64, 80, 96, 128)
 MAX_HEAD_DIM = 128
 
@@ -252,6 +263,133 @@ def _kernel_rank(order: torch.Tensor | None) -> torch.Tensor | None:
     return rows.to(torch.int32).contiguous()
 
 
+# --------------------------------------------------------------------------- cpu backend
+
+# aten's CPU flash attention (torch >= 2.2): forward returns (out, logsumexp), and its
+# backward takes them. None where this torch lacks them: the cpu backend then runs the
+# reference. The forward through its torch.* binding: 3 us a call less than torch.ops.aten
+# (measured, torch 2.13), which counts in a decode step.
+_FLASH = getattr(torch, "_scaled_dot_product_flash_attention_for_cpu",
+                 getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None))
+_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward",
+                     None)
+
+
+@functools.cache
+def _flash_takes_gqa() -> bool:
+    """Whether the CPU flash kernels take k and v with fewer heads than q (checked once on a
+    tiny case against repeated heads); where not, the cpu backend repeats them."""
+    q = torch.randn(1, 2, 3, 4, generator=torch.Generator().manual_seed(0), device="cpu")
+    kv = q[:, :1]
+    try:
+        got = _FLASH(q, kv, kv, 0.0, True, scale=0.5)[0]
+    except RuntimeError:
+        return False
+    want = _FLASH(q, kv.expand(q.shape), kv.expand(q.shape), 0.0, True, scale=0.5)[0]
+    return torch.allclose(got, want)
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """t with a unit stride in its last dim (D), which the CPU flash kernels assume (they
+    read other strides as given; a strided D gives wrong results, torch 2.13)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _generation_index(order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, rank), int64 (R, T): perm[r] is the position generated r-th, rank = order."""
+    rank = (order if order.dim() == 2 else order[None]).long()
+    perm = torch.empty_like(rank).scatter_(
+        1, rank, torch.arange(rank.shape[1], device=rank.device).expand_as(rank))
+    return perm, rank
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, ...) reordered along T: out[b, :, i] = x[b, :, index[b or 0, i]], contiguous."""
+    if index.shape[0] == 1:
+        return x.index_select(2, index[0])
+    shape = (index.shape[0], 1, index.shape[1]) + (1,) * (x.dim() - 3)
+    return torch.gather(x, 2, index.view(shape).expand(x.shape))
+
+
+def _kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """k and v as the flash kernels take them: as they are, or repeated to q's head count."""
+    group = q.shape[1] // k.shape[1]
+    if group == 1 or _flash_takes_gqa():
+        return k, v
+    return k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+
+
+def _cpu_forward(q, k, v, order, scale, strict, contiguous=True):
+    """(out, lse) of the cpu backend: out (B, H, T, D), lse (B, H, T) fp32, +inf for a row
+    with no visible key (as the reference). Both contiguous, or with ``contiguous=False``
+    out in q's layout and lse in the kernel's (B, T, H) (no copy).
+
+    Made of differentiable aten ops only (the flash kernel, whose autograd node runs its
+    backward kernel with the log-sum-exp it saved; index_select/gather; cat), so that eager
+    autograd differentiates it in C++ without a Python backward."""
+    b, h, t, d = q.shape
+    # The reference where the flash kernel has no work (it divides by zero at T = 0; strict
+    # at T = 1 sees nothing), so that the output is still differentiable (zero gradients).
+    if q.numel() == 0 or (strict and t == 1) or _FLASH is None:
+        out, lse = _attention_ref(q, k, v, scale, order, strict)
+        return out.contiguous(), lse.float().contiguous()
+    if order is None:
+        rank = None
+        qg, kg, vg = _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    else:
+        perm, rank = _generation_index(order)
+        qg, kg, vg = _take(q, perm), _take(k, perm), _take(v, perm)
+    kg, vg = _kv_heads(qg, kg, vg)
+    if strict:  # generation step r sees steps < r: queries 1.. against keys ..T-2
+        out = q.new_zeros(b, h, 1, d)  # step 0 sees nothing: zeros, lse +inf
+        lse = torch.full((b, h, 1), math.inf, dtype=torch.float32, device=q.device)
+        o, l_ = _FLASH(qg[:, :, 1:], kg[:, :, :-1], vg[:, :, :-1], 0.0, True, scale=scale)
+        out, lse = torch.cat([out, o], 2), torch.cat([lse, l_.float()], 2)
+    else:
+        out, lse = _FLASH(qg, kg, vg, 0.0, True, scale=scale)
+    if rank is not None:
+        return _take(out, rank), _take(lse.float(), rank)
+    if not contiguous:
+        return out, lse.float()
+    return out.contiguous(), lse.float().contiguous()
+
+
+def _cpu_backward(grad_out, q, k, v, out, lse, order, scale, strict):
+    """(dq, dk, dv) of the cpu backend (the backward op's; eager autograd differentiates
+    :func:`_cpu_forward` instead), contiguous, from the forward's out and lse."""
+    b, h, t, d = q.shape
+    if q.numel() == 0 or _FLASH_BWD is None:
+        return tuple(g.contiguous() for g in causal_attention_backward_ref(
+            grad_out, q, k, v, scale, order, strict))
+    perm, rank = (None, None) if order is None else _generation_index(order)
+    go, qg, kg, vg, og = (_unit_stride(x) if perm is None else _take(x, perm)
+                          for x in (grad_out, q, k, v, out))
+    hk = k.shape[1]
+    kg, vg = _kv_heads(qg, kg, vg)
+    lo = int(strict)  # strict: queries 1.. against keys ..T-2, as in the forward
+    grads = None
+    if t > lo:  # (the flash kernels divide by zero at T = 0)
+        qs, ks, vs = qg[:, :, lo:], kg[:, :, :t - lo], vg[:, :, :t - lo]
+        if q.dtype == torch.float64:  # the op's lse is fp32: recompute the kernel's fp64 one
+            lse_g = _FLASH(qs, ks, vs, 0.0, True, scale=scale)[1]
+        else:
+            lse_g = (lse if perm is None else _take(lse, perm))[:, :, lo:]
+        grads = _FLASH_BWD(go[:, :, lo:], qs, ks, vs, og[:, :, lo:], lse_g, 0.0, True,
+                           scale=scale)
+    if strict:
+        dq, dk, dv = q.new_empty(q.shape), kg.new_empty(kg.shape), vg.new_empty(vg.shape)
+        dq[:, :, 0], dk[:, :, -1], dv[:, :, -1] = 0, 0, 0
+        if grads is not None:
+            dq[:, :, 1:], dk[:, :, :-1], dv[:, :, :-1] = grads
+    else:
+        dq, dk, dv = grads
+    if dk.shape[1] != hk:  # heads were repeated: sum each kv group
+        dk, dv = (g.view(b, hk, -1, t, d).sum(2) for g in (dk, dv))
+    if rank is not None:
+        return _take(dq, rank), _take(dk, rank), _take(dv, rank)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
 # --------------------------------------------------------------------------- torch.library ops
 
 @torch.library.custom_op("artrt::causal_attention", mutates_args=())
@@ -266,6 +404,8 @@ def causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if name == "reference":
         out, lse = _attention_ref(q, k, v, scale, order, strict)
         return out.contiguous(), lse.float().contiguous()
+    if name == "cpu":
+        return _cpu_forward(q, k, v, order, scale, strict)
     from artrt.kernels.attention import causal_attention_fwd
 
     return causal_attention_fwd(q, k, v, _kernel_rank(order), scale, strict)
@@ -290,6 +430,8 @@ def causal_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     if name == "reference":
         return tuple(g.contiguous() for g in causal_attention_backward_ref(
             grad_out, q, k, v, scale, order, strict))
+    if name == "cpu":
+        return _cpu_backward(grad_out, q, k, v, out, lse, order, scale, strict)
     from artrt.kernels.attention import causal_attention_bwd
 
     return causal_attention_bwd(grad_out, q, k, v, out, lse, _kernel_rank(order), scale, strict)
@@ -346,10 +488,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Causal (autoregressive) softmax attention, in raster or any generation order.
 
     Args:
-        q: (B, H, T, D) queries; float32, float16 or bfloat16 for the kernels (math in
-            float32), any float dtype for the reference; any strides; B or T may be 0 (an
-            empty result, with or without ``order``). D is at most 128
-            (16, 32, 48, 64, 80, 96, 128 are the intended sizes; others are zero-padded).
+        q: (B, H, T, D) queries; float32, float16 or bfloat16 for the Triton kernels (math in
+            float32), also float64 for ``cpu``, any float dtype for the reference; any
+            strides; B or T may be 0 (an empty result, with or without ``order``). D is at
+            most 128 (16, 32, 48, 64, 80, 96, 128 are the intended sizes; others are
+            zero-padded).
         k, v: (B, Hk, T, D), q's dtype and device; H must be a multiple of Hk (grouped-query
             attention; Hk = 1 is multi-query). Query head h uses kv head h // (H / Hk).
         scale: multiplier of the scores, default 1 / sqrt(D).
@@ -360,8 +503,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         strict: exclude the position itself (``j < i``, or ``order[j] < order[i]``), for
             models whose first step attends to nothing. A row with no visible key outputs
             zeros (and passes no gradient).
-        backend: force ``"reference"`` or ``"triton"``; ``None`` follows
-            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available.
+        backend: force ``"reference"``, ``"cpu"`` or ``"triton"``; ``None`` follows
+            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available (``cpu``
+            for CPU tensors).
 
     Returns:
         (B, H, T, D) contiguous tensor of q's dtype. Differentiable in q, k and v.
@@ -376,6 +520,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q3  x x x x     q3  x x x .        q3  . x . x
     """
     _check(q, k, v, scale, order, strict)
-    out, _ = causal_attention_op(q, k, v, order, _scale(scale, q.shape[-1]), strict,
-                                 backends.requested(backend))
+    scale, backend = _scale(scale, q.shape[-1]), backends.requested(backend)
+    if backends.direct_call(q, k, v, order) and backends.select(
+            "causal_attention", q.device, q.dtype, backend, PREFERENCE) == "cpu":
+        if order is not None:
+            _check_order_values(order)
+        # Autograd differentiates the cpu forward's aten ops (see _cpu_forward): the
+        # backward is the flash kernel's own, as in F.scaled_dot_product_attention.
+        return _cpu_forward(q, k, v, order, scale, strict, contiguous=False)[0].contiguous()
+    out, _ = causal_attention_op(q, k, v, order, scale, strict, backend)
     return out

@@ -20,6 +20,11 @@ So N decode steps after a prefix give the rows of the full causal attention
 (:func:`artrt.ops.attention.causal_attention`) for those positions. For an arbitrary
 generation order, feed tokens in generation order: in that order the mask is causal.
 
+The ``cpu`` backend appends with slice copies and runs aten's CPU flash-attention kernel on
+each sequence's valid prefix only (one call when every sequence has the same length, else one
+per sequence); in eager mode on plain CPU tensors it is called without the torch.library
+dispatcher (see :func:`artrt.backends.direct_call`).
+
 The op is ``artrt::attention_decode`` (mutates ``k_cache`` and ``v_cache``; inference only,
 no autograd). ``cache_seqlens`` is not advanced: the caller (e.g.
 :class:`artrt.sampling.KVCache`) does that.
@@ -31,10 +36,19 @@ import torch
 
 from artrt import backends
 from artrt.ops._checks import capturing, value_range
-from artrt.ops.attention import MAX_HEAD_DIM, _check_scale, _row_max, _scale
+from artrt.ops.attention import (
+    _FLASH,
+    MAX_HEAD_DIM,
+    _check_scale,
+    _kv_heads,
+    _row_max,
+    _scale,
+    _unit_stride,
+)
 
-# Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
-PREFERENCE = ("triton", "reference")
+# Backends of this op, fastest first on CUDA tensors (provisional until measured on a GPU);
+# CPU tensors take "cpu" (see artrt.backends.select).
+PREFERENCE = ("triton", "cpu", "reference")
 
 
 # --------------------------------------------------------------------------- reference
@@ -82,39 +96,42 @@ def attention_decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
 # --------------------------------------------------------------------------- checks
 
 def _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict) -> None:
-    """Validate everything that is not data-dependent (shapes, dtypes, devices)."""
+    """Validate everything that is not data-dependent (shapes, dtypes, devices). Written to
+    read each tensor attribute once: it runs on every decode step."""
     what = "attention_decode"
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
                     ("cache_seqlens", cache_seqlens)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if q.dim() != 4:
-        raise ValueError(f"{what}: q must have shape (B, H, Tq, D), got {tuple(q.shape)}")
-    if not q.is_floating_point():
-        raise TypeError(f"{what}: q must be a floating-point tensor, got dtype {q.dtype}")
-    b, h, _, d = q.shape
-    if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+    shape, dtype, device = q.shape, q.dtype, q.device
+    if len(shape) != 4:
+        raise ValueError(f"{what}: q must have shape (B, H, Tq, D), got {tuple(shape)}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{what}: q must be a floating-point tensor, got dtype {dtype}")
+    b, h, _, d = shape
+    cache_shape = k_cache.shape
+    if len(cache_shape) != 4 or cache_shape != v_cache.shape:
         raise ValueError(f"{what}: k_cache and v_cache must have one shape (B, Hk, Tmax, D), "
-                         f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+                         f"got {tuple(cache_shape)} and {tuple(v_cache.shape)}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{what}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{what}: {name} must be on q's device {q.device}, got {t.device}")
-    if k_cache.shape[0] != b or k_cache.shape[3] != d:
+        if t.dtype != dtype:
+            raise TypeError(f"{what}: {name} must have q's dtype {dtype}, got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{what}: {name} must be on q's device {device}, got {t.device}")
+    if cache_shape[0] != b or cache_shape[3] != d:
         raise ValueError(f"{what}: k_cache must have shape (B, Hk, Tmax, D) = ({b}, Hk, Tmax, "
-                         f"{d}) to match q of shape {tuple(q.shape)}, got {tuple(k_cache.shape)}")
-    hk = k_cache.shape[1]
+                         f"{d}) to match q of shape {tuple(shape)}, got {tuple(cache_shape)}")
+    hk = cache_shape[1]
     if hk == 0 or h % hk:
         raise ValueError(f"{what}: q's head count {h} must be a multiple of the caches' {hk}")
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"{what}: head dim D must be in [1, {MAX_HEAD_DIM}], got {d}")
-    if cache_seqlens.dtype not in (torch.int32, torch.int64) or tuple(cache_seqlens.shape) != (b,):
+    if cache_seqlens.dtype not in (torch.int32, torch.int64) or cache_seqlens.shape != (b,):
         raise ValueError(f"{what}: cache_seqlens must be an int32 or int64 tensor of shape "
                          f"(B,) = ({b},), got {cache_seqlens.dtype} of shape "
                          f"{tuple(cache_seqlens.shape)}")
-    if cache_seqlens.device != q.device:
-        raise ValueError(f"{what}: cache_seqlens must be on q's device {q.device}, got "
+    if cache_seqlens.device != device:
+        raise ValueError(f"{what}: cache_seqlens must be on q's device {device}, got "
                          f"{cache_seqlens.device}")
     if (k_new is None) != (v_new is None):
         raise ValueError(f"{what}: give both k_new and v_new or neither")
@@ -123,11 +140,12 @@ def _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict) -> N
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{what}: {name} must be a torch.Tensor or None, got "
                                 f"{type(t).__name__}")
-            if t.dim() != 4 or t.shape[:2] != k_cache.shape[:2] or t.shape[3] != d:
+            new_shape = t.shape
+            if len(new_shape) != 4 or new_shape[:2] != cache_shape[:2] or new_shape[3] != d:
                 raise ValueError(f"{what}: {name} must have shape (B, Hk, T_new, D) = ({b}, "
-                                 f"{hk}, T_new, {d}), got {tuple(t.shape)}")
-            if t.dtype != q.dtype or t.device != q.device:
-                raise TypeError(f"{what}: {name} must be {q.dtype} on {q.device}, got "
+                                 f"{hk}, T_new, {d}), got {tuple(new_shape)}")
+            if t.dtype != dtype or t.device != device:
+                raise TypeError(f"{what}: {name} must be {dtype} on {device}, got "
                                 f"{t.dtype} on {t.device}")
         if k_new.shape != v_new.shape:
             raise ValueError(f"{what}: k_new and v_new must have one shape, got "
@@ -147,7 +165,9 @@ def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor, t_new: int) ->
         return
     what = "attention_decode"
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        for dim, (size, stride) in enumerate(zip(t.shape, t.stride(), strict=True)):
+        # (a contiguous tensor has no stride 0 in a dim of size > 1: skip the walk)
+        for dim, (size, stride) in enumerate(() if t.is_contiguous() else
+                                             zip(t.shape, t.stride(), strict=True)):
             if size > 1 and stride == 0:
                 raise ValueError(
                     f"{what}: {name} must be writable in place (k_new and v_new append "
@@ -165,17 +185,68 @@ def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor, t_new: int) ->
                          "address")
 
 
-def _check_lengths(cache_seqlens: torch.Tensor, t_new: int, t_max: int) -> None:
+def _check_lengths(cache_seqlens: torch.Tensor, t_new: int, t_max: int,
+                   lengths: list[int] | None = None) -> None:
     """Data-dependent: 0 <= cache_seqlens and cache_seqlens + T_new <= Tmax (runs inside the
-    op, before anything is written; one host read, skipped under CUDA graph capture)."""
-    if cache_seqlens.numel() == 0 or capturing():
+    op, before anything is written; one host read, skipped under CUDA graph capture).
+    ``lengths``: cache_seqlens already read to the host (the cpu backend needs them)."""
+    if cache_seqlens.numel() == 0 or (lengths is None and capturing()):
         return
-    lo, hi = value_range(cache_seqlens)
+    lo, hi = value_range(cache_seqlens) if lengths is None else (min(lengths), max(lengths))
     if lo < 0:
         raise ValueError(f"attention_decode: cache_seqlens must be >= 0, got {lo}")
     if hi + t_new > t_max:
         raise ValueError(f"attention_decode: cache overflow: cache_seqlens + T_new = {hi} + "
                          f"{t_new} > Tmax = {t_max}; nothing was written")
+
+
+# --------------------------------------------------------------------------- cpu backend
+
+def _cpu_rows(q, k_cache, v_cache, length: int, scale: float, strict: bool) -> torch.Tensor:
+    """Attention of q (B, H, Tq, D) to the first ``length`` cached positions of sequences that
+    all have that length (after the append), bottom-right aligned: query t sees keys
+    j <= length - Tq + t (< when strict). Reads no key at or past ``length``."""
+    tq = q.shape[2]
+    n_keys = length - strict  # keys the last query sees
+    if n_keys <= 0:
+        return q.new_zeros(q.shape)
+    q = _unit_stride(q)
+    k, v = _unit_stride(k_cache.narrow(2, 0, n_keys)), _unit_stride(v_cache.narrow(2, 0, n_keys))
+    if k.shape[1] != q.shape[1]:
+        k, v = _kv_heads(q, k, v)
+    if tq == 1:  # the one query sees every key
+        return _FLASH(q, k, v, 0.0, False, scale=scale)[0].contiguous()
+    first = n_keys - tq  # last key query 0 sees; query t sees keys <= first + t
+    j = torch.arange(n_keys, device=q.device)
+    last = first + torch.arange(tq, device=q.device)
+    mask = torch.zeros(tq, n_keys, dtype=q.dtype, device=q.device)
+    mask.masked_fill_(j > last[:, None], float("-inf"))
+    out = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)[0].contiguous()
+    if first < -1:  # queries 0 .. -first-2 see no key at all: zeros, as documented
+        out[:, :, :-first - 1] = 0
+    return out
+
+
+def _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                lengths: list[int]) -> torch.Tensor:
+    """The cpu backend: ``lengths`` is cache_seqlens on the host, already checked."""
+    t_new = 0 if k_new is None else k_new.shape[2]
+    if not lengths or q.shape[2] == 0 or _FLASH is None:  # B = 0 or Tq = 0
+        return attention_decode_ref(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
+                                    strict).contiguous()
+    start = lengths[0]
+    uniform = lengths.count(start) == len(lengths)
+    if t_new and uniform:
+        k_cache.narrow(2, start, t_new).copy_(k_new)
+        v_cache.narrow(2, start, t_new).copy_(v_new)
+    elif t_new:
+        for i, n in enumerate(lengths):
+            k_cache[i].narrow(1, n, t_new).copy_(k_new[i])
+            v_cache[i].narrow(1, n, t_new).copy_(v_new[i])
+    if uniform:
+        return _cpu_rows(q, k_cache, v_cache, start + t_new, scale, strict)
+    return torch.cat([_cpu_rows(q[i:i + 1], k_cache[i:i + 1], v_cache[i:i + 1], n + t_new,
+                                scale, strict) for i, n in enumerate(lengths)])
 
 
 # --------------------------------------------------------------------------- torch.library op
@@ -187,10 +258,13 @@ def attention_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
                         backend: str) -> torch.Tensor:
     """The op behind :func:`attention_decode`; ``scale`` is already resolved."""
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
+    name = backends.select("attention_decode", q.device, q.dtype, backend, PREFERENCE)
+    if name == "cpu":
+        return _cpu_decode_checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
+                                   strict)
     t_new = 0 if k_new is None else k_new.shape[2]
     _check_writable(k_cache, v_cache, t_new)
     _check_lengths(cache_seqlens, t_new, k_cache.shape[2])
-    name = backends.select("attention_decode", q.device, q.dtype, backend, PREFERENCE)
     if name == "reference":
         return attention_decode_ref(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
                                     strict).contiguous()
@@ -218,8 +292,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
     Args:
         q: (B, H, Tq, D) new queries (Tq = 1 for one step, a few for speculative or chunked
-            decoding); float32/float16/bfloat16 for the kernels, any float for the
-            reference; any strides; D <= 128.
+            decoding); float32/float16/bfloat16 for the Triton kernels, also float64 for
+            ``cpu``, any float for the reference; any strides; D <= 128.
         k_cache, v_cache: (B, Hk, Tmax, D), q's dtype and device, H a multiple of Hk.
             Written in place at positions ``[cache_seqlens[b], cache_seqlens[b] + T_new)``,
             so, when there are new keys, two separate tensors with memory of their own
@@ -230,7 +304,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         scale: multiplier of the scores, default 1 / sqrt(D).
         strict: a query does not see its own position (``j < pos``), as in
             ``causal_attention(..., strict=True)``.
-        backend: ``"reference"``, ``"triton"`` or None (see :mod:`artrt.backends`).
+        backend: ``"reference"``, ``"cpu"``, ``"triton"`` or None (see
+            :mod:`artrt.backends`; on CPU tensors None means ``cpu``).
 
     Returns:
         (B, H, Tq, D) contiguous tensor of q's dtype. Query t sits at position
@@ -243,5 +318,26 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     (``cache_seqlens + T_new > Tmax``): every check runs before anything is written.
     """
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
-    return attention_decode_op(q, k_cache, v_cache, cache_seqlens, k_new, v_new,
-                               _scale(scale, q.shape[-1]), strict, backends.requested(backend))
+    scale, backend = _scale(scale, q.shape[-1]), backends.requested(backend)
+    if (backends.direct_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new)
+            and not (torch.is_grad_enabled() and _any_requires_grad(q, k_cache, v_cache, k_new,
+                                                                    v_new))
+            and backends.select("attention_decode", q.device, q.dtype, backend,
+                                PREFERENCE) == "cpu"):
+        return _cpu_decode_checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
+                                   strict)
+    return attention_decode_op(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                               backend)
+
+
+def _any_requires_grad(*tensors) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _cpu_decode_checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict):
+    """The cpu backend after the checks that need real tensors (as the op runs them)."""
+    t_new = 0 if k_new is None else k_new.shape[2]
+    _check_writable(k_cache, v_cache, t_new)
+    lengths = cache_seqlens.tolist()  # the one host read: the check and the slicing use it
+    _check_lengths(cache_seqlens, t_new, k_cache.shape[2], lengths)
+    return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict, lengths)

@@ -8,6 +8,15 @@ local-conditioning feature map). ``gated_sigmoid`` is the gate of PixelCNN++ (Sa
 chosen by an integer; its backward is the op ``artrt::gated_backward``, which recomputes the
 activations from the inputs instead of saving them.
 
+The ``cpu`` backend is aten's fused CPU kernels: the sigmoid gate is ``F.glu`` forward and
+``glu_backward`` backward (one pass each); the tanh gate's backward rebuilds ``[tanh(a), b]``,
+runs ``glu_backward`` on it and an in-place ``tanh_backward`` on the first half (four passes,
+nothing saved but x, where autograd of the plain expression takes five). In eager mode on
+plain CPU tensors it is called without the torch.library dispatcher (see
+:func:`artrt.backends.direct_call`); there the sigmoid gate trains through ``F.glu``'s own
+autograd node, and a small tanh gate through autograd of the reference expression (see
+``_SMALL_TANH_GRAD``).
+
 Departure from the papers: the conditioning is added to both halves in one broadcast
 (``cond`` has the full ``2C`` channels), which is what the papers' ``V^T h`` terms amount to
 once the projection is done.
@@ -16,6 +25,7 @@ once the projection is done.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from artrt import backends
 
@@ -23,8 +33,15 @@ ACT_TANH = 0
 ACT_SIGMOID = 1
 _ACT_NAMES = {ACT_TANH: "gated_tanh", ACT_SIGMOID: "gated_sigmoid"}
 
-# Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU).
-PREFERENCE = ("triton", "cuda", "reference")
+# Backends of this op, fastest first on CUDA tensors (provisional until measured on a GPU);
+# CPU tensors take "cpu" (see artrt.backends.select).
+PREFERENCE = ("triton", "cuda", "cpu", "reference")
+# Below this many output elements, the tanh gate's training path in eager mode is the plain
+# expression under autograd's own (C++) nodes: the cpu backward's Python autograd.Function
+# costs ~0.1 ms a call on our 2-core machine, more than its two saved passes (measured, 1
+# thread, forward + backward vs tanh(a) * sigmoid(b): 1x128x28x28 1.36x with the Function,
+# 1.03x without; 4x128x28x28 0.86x with it).
+_SMALL_TANH_GRAD = 1 << 17
 _TORCH_TO_C_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -140,9 +157,68 @@ def _as_3d(t: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- backends
 
+def _cpu_forward(x, cond, dim, act):
+    """The cpu backend's forward: (..., C, ...) contiguous."""
+    if cond is not None:
+        x = x + cond
+    if act == ACT_SIGMOID:
+        return F.glu(x, dim).contiguous()  # a * sigmoid(b), one pass
+    c = x.shape[dim] // 2
+    out = torch.tanh(x.narrow(dim, 0, c))
+    return out.mul_(torch.sigmoid(x.narrow(dim, c, c))).contiguous()
+
+
+def _cpu_backward(grad_out, x, cond, dim, act):
+    """The cpu backend's gradient with respect to x + cond: x's shape, contiguous.
+
+    glu_backward(g, [u, b]) = [g s, g u s (1 - s)], s = sigmoid(b): with u = a it is the
+    sigmoid gate's gradient; with u = tanh(a) the tanh gate's, once the first half is
+    multiplied by 1 - tanh(a)^2 (tanh_backward, in place).
+    """
+    if act == ACT_SIGMOID:
+        return torch.ops.aten.glu_backward(grad_out, x if cond is None else x + cond,
+                                           dim).contiguous()
+    c = x.shape[dim] // 2
+    if cond is None:  # z = [tanh(a), b] in a new tensor
+        z = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        torch.tanh(x.narrow(dim, 0, c), out=z.narrow(dim, 0, c))
+        z.narrow(dim, c, c).copy_(x.narrow(dim, c, c))
+    else:  # x + cond is ours to overwrite
+        z = x + cond
+        z.narrow(dim, 0, c).tanh_()
+    grad = torch.ops.aten.glu_backward(grad_out, z, dim)
+    grad_a = grad.narrow(dim, 0, c)
+    torch.ops.aten.tanh_backward.grad_input(grad_a, z.narrow(dim, 0, c), grad_input=grad_a)
+    return grad.contiguous()
+
+
+class _CpuGate(torch.autograd.Function):
+    """The cpu backend called without the dispatcher (eager, plain CPU tensors), for the tanh
+    gate (the sigmoid gate's F.glu has its own autograd)."""
+
+    @staticmethod
+    def forward(ctx, x, cond, dim, act):
+        ctx.save_for_backward(x, cond)
+        ctx.dim, ctx.act = dim, act
+        return _cpu_forward(x, cond, dim, act)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, cond = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the differentiable reference formula
+            grad = gated_backward_ref(grad_out, x, cond, ctx.dim, ctx.act)
+        else:
+            grad = _cpu_backward(grad_out, x, cond, ctx.dim, ctx.act)
+        needs_x, needs_cond = ctx.needs_input_grad[:2]
+        return ((grad if needs_x else None),
+                (grad.sum_to_size(cond.shape) if needs_cond else None), None, None)
+
+
 def _forward(x, cond, dim, act, name):
     if name == "reference":
         return _REFERENCE[act](x, cond, dim).contiguous()
+    if name == "cpu":
+        return _cpu_forward(x, cond, dim, act)
     x3 = _as_3d(x, x.shape, dim)
     cond3 = None if cond is None else _as_3d(cond, x.shape, dim)
     if name == "triton":
@@ -158,6 +234,8 @@ def _forward(x, cond, dim, act, name):
 def _backward(grad_out, x, cond, dim, act, name):
     if name == "reference":
         return gated_backward_ref(grad_out, x, cond, dim, act).contiguous()
+    if name == "cpu":
+        return _cpu_backward(grad_out, x, cond, dim, act)
     x3 = _as_3d(x, x.shape, dim)
     cond3 = None if cond is None else _as_3d(cond, x.shape, dim)
     g3 = grad_out.contiguous().view(x3.shape[0], x3.shape[1] // 2, x3.shape[2])
@@ -265,21 +343,21 @@ def gated_tanh(x: torch.Tensor, cond: torch.Tensor | None = None, dim: int = 1, 
 
     Args:
         x: (..., 2C, ...) floating tensor with 2C channels on ``dim``; any strides. The
-            kernels take float32, float16 and bfloat16 (math in float32); other float dtypes
-            use the reference.
+            Triton and CUDA kernels take float32, float16 and bfloat16 (math in float32),
+            ``cpu`` also float64; other float dtypes use the reference.
         cond: optional conditioning, broadcastable to ``x`` and of its dtype and device, e.g.
             a class embedding of shape (B, 2C, 1, 1) for x of shape (B, 2C, H, W).
         dim: the channel dimension (negative counts from the end).
-        backend: force ``"reference"``, ``"triton"`` or ``"cuda"``; ``None`` follows
-            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available.
+        backend: force ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``; ``None``
+            follows ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available
+            (``cpu`` for CPU tensors).
 
     Returns:
         (..., C, ...) contiguous tensor of x's dtype.
 
     Differentiable in ``x`` and ``cond``.
     """
-    _check(x, cond, dim, ACT_TANH)
-    return gated(x, cond, dim, ACT_TANH, backends.requested(backend))
+    return _call(x, cond, dim, ACT_TANH, backend)
 
 
 def gated_sigmoid(x: torch.Tensor, cond: torch.Tensor | None = None, dim: int = 1, *,
@@ -288,5 +366,22 @@ def gated_sigmoid(x: torch.Tensor, cond: torch.Tensor | None = None, dim: int = 
 
     Shapes, dtypes and arguments as :func:`gated_tanh`.
     """
-    _check(x, cond, dim, ACT_SIGMOID)
-    return gated(x, cond, dim, ACT_SIGMOID, backends.requested(backend))
+    return _call(x, cond, dim, ACT_SIGMOID, backend)
+
+
+def _call(x, cond, dim, act, backend):
+    """Check, then the cpu backend directly where :func:`artrt.backends.direct_call` allows,
+    else the op."""
+    dim_ = _check(x, cond, dim, act)
+    backend = backends.requested(backend)
+    if backends.direct_call(x, cond) and backends.select(
+            _ACT_NAMES[act], x.device, x.dtype, backend, PREFERENCE) == "cpu":
+        # The sigmoid gate's forward is F.glu, whose autograd node runs glu_backward (the
+        # cpu backward) in C++: no Python backward, which costs ~0.1 ms here (1x128x28x28).
+        if act == ACT_TANH and torch.is_grad_enabled() and (
+                x.requires_grad or (cond is not None and cond.requires_grad)):
+            if x.numel() // 2 < _SMALL_TANH_GRAD:
+                return gated_tanh_ref(x, cond, dim_).contiguous()
+            return _CpuGate.apply(x, cond, dim_, act)
+        return _cpu_forward(x, cond, dim_, act)
+    return gated(x, cond, dim, act, backend)

@@ -4,6 +4,7 @@ not, GQA, any T, every head dim; the block-skip tables; opcheck, compile, bad in
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -26,7 +27,10 @@ from artrt.ops.attention_decode import attention_decode
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
 from tests.ops.common import assert_backward_uses_forward_backend, no_launch
 
+attention_module = sys.modules["artrt.ops.attention"]  # (artrt.ops.attention is the function)
 KERNELS = kernel_backends()
+CPU = ["cpu"] if DEVICE == "cpu" else []  # the cpu backend, on the tensors these tests make
+FAST = [*CPU, *KERNELS]  # every backend but the reference
 
 
 def make_qkv(b, h, hk, t, d, dtype=torch.float32, device=DEVICE, seed=0):
@@ -139,7 +143,7 @@ def test_raster_order_equals_none():
 # --------------------------------------------------------------------------- kernels
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("d", HEAD_DIMS)
 def test_kernel_head_dims(backend, d):
     q, k, v, g = make_qkv(1, 2, 1, 129, d)
@@ -147,7 +151,7 @@ def test_kernel_head_dims(backend, d):
                      run(causal_attention_ref, q, k, v, g))
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("t", [1, 17, 128, 129, 1000])
 @pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True), ("random", False),
                                                ("zigzag", True)])
@@ -159,7 +163,7 @@ def test_kernel_lengths_and_orders(backend, t, order_kind, strict):
                      run(causal_attention_ref, q, k, v, g, **kwargs))
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("hk", [1, 2, 4])
 @pytest.mark.parametrize("order_kind,strict", [(None, False), ("random-batch", True),
                                                ("subscale", False)])
@@ -186,7 +190,7 @@ def test_kernel_other_block_sizes(backend, blocks, order_kind, strict, monkeypat
                      run(causal_attention_ref, q, k, v, g, **kwargs))
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("layout", ["strided", "permuted"])
 def test_kernel_non_contiguous(backend, layout):
     q, k, v, g = make_qkv(2, 2, 1, 70, 16)
@@ -198,7 +202,7 @@ def test_kernel_non_contiguous(backend, layout):
     assert_all_close(got, run(causal_attention_ref, q, k, v, g, order=order))
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("order_kind,strict", [(None, False), ("random", False),
                                                ("zigzag", True)])
@@ -217,7 +221,7 @@ def test_kernel_16bit(backend, dtype, order_kind, strict):
         assert_close_lowp(a, lp, f, f"{dtype} {order_kind} {what}")
 
 
-@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("backend", ["reference", *FAST])
 def test_rows_without_keys_are_zero(backend):
     """Strict: the first position (raster) or the rank-0 position sees nothing -> zeros, no
     gradient, no nan anywhere."""
@@ -231,25 +235,122 @@ def test_rows_without_keys_are_zero(backend):
     assert (out == 0).all()
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("strict", [False, True])
 def test_autoregressive_property(backend, strict):
     """Output i depends on k_j, v_j, q_j exactly where the order allows (checked through the
-    Jacobian): no leak, no blind spot."""
+    Jacobian): no leak, no blind spot. A row that sees one key has a softmax of 1 whatever
+    its score, so its dq and dk are 0: exactly on the Triton kernels, up to rounding (the
+    backward's rowsum(dO * O) against dO . v) in aten's CPU flash kernel."""
     t = 9
     q, k, v, _ = make_qkv(1, 1, 1, t, 16)
     order = make_order("random", 1, t, seed=3)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out = causal_attention(q, k, v, order=order, strict=strict, backend=backend)
+    # |dO . v - rowsum(dO * O)| ~ D eps |v|, times |q| scale, summed over D = 16: ~ 1e-5
+    noise = 1e-5 if backend == "cpu" else 0.0
     for i in range(t):
         dq, dk, dv = torch.autograd.grad(out[0, 0, i].sum(), (q, k, v), retain_graph=True)
         seen = [bool(order[j] < order[i]) if strict else bool(order[j] <= order[i])
                 for j in range(t)]
+        one_key = sum(seen) == 1
         assert [bool(x.abs().sum() > 0) for x in dv[0, 0]] == seen
-        assert [bool(x.abs().sum() > 0) for x in dk[0, 0]] == (seen if sum(seen) > 1
-                                                               else [False] * t)
-        assert [bool(x.abs().sum() > 0) for x in dq[0, 0]] == [j == i and sum(seen) > 1
-                                                               for j in range(t)]
+        assert [bool(x.abs().sum() > (noise if one_key else 0)) for x in dk[0, 0]] == (
+            seen if sum(seen) > 1 else [False] * t)
+        assert [bool(x.abs().sum() > 0) for x in dk[0, 0]] <= seen  # unseen keys: exactly 0
+        assert [bool(x.abs().sum() > (noise if one_key else 0)) for x in dq[0, 0]] == [
+            j == i and sum(seen) > 1 for j in range(t)]
+        assert not dq[0, 0, [j for j in range(t) if j != i]].any()
+
+
+# --------------------------------------------------------------------------- cpu backend
+
+
+def spy(monkeypatch, module, *names: str) -> list[str]:
+    """Record, in order, every call of ``module.<name>`` for each name (still called)."""
+    calls = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _name=name, _real=real, **kw:
+                            calls.append(_name) or _real(*a, **kw))
+    return calls
+
+
+def via_op(q, k, v, scale=None, order=None, strict=False):
+    """causal_attention through the torch.library op with the cpu backend (what torch.compile
+    and opcheck run), not the direct call the public function makes in eager mode."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return causal_attention_op(q, k, v, order, scale, strict, "cpu")[0]
+
+
+PATHS = {"direct": lambda q, k, v, **kw: causal_attention(q, k, v, backend="cpu", **kw),
+         "op": via_op}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("order_kind", [None, "raster", "zigzag", "random", "random-batch"])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("b,h,hk,t,d", [(2, 4, 2, 37, 8), (1, 2, 1, 1, 59), (3, 4, 1, 97, 16),
+                                        (2, 2, 2, 2, 3)])
+def test_cpu_matches_reference_fp64(path, order_kind, strict, b, h, hk, t, d):
+    """Forward and backward in float64 (the kernel's own precision: the saved fp32 lse is
+    recomputed), odd T and D, GQA, every order, strict; contiguous results on both paths."""
+    q, k, v, g = make_qkv(b, h, hk, t, d, torch.float64, "cpu", seed=t)
+    kwargs = dict(order=make_order(order_kind, b, t, "cpu"), strict=strict, scale=0.3)
+    got = run(PATHS[path], q, k, v, g, **kwargs)
+    want = run(causal_attention_ref, q, k, v, g, **kwargs)
+    for a, w, what in zip(got, want, ("out", "dq", "dk", "dv"), strict=True):
+        assert a.is_contiguous() or path == "direct" and what != "out", what
+        torch.testing.assert_close(a, w, msg=what)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True),
+                                               ("random-batch", False), ("random", True)])
+def test_cpu_gradcheck(path, order_kind, strict):
+    q, k, v, _ = make_qkv(2, 2, 1, 6, 3, torch.float64, "cpu")
+    order = make_order(order_kind, 2, 6, "cpu")
+    inputs = tuple(x.requires_grad_() for x in (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: PATHS[path](q, k, v, scale=0.7, order=order, strict=strict), inputs)
+
+
+@pytest.mark.parametrize("layout", ["strided", "permuted"])
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True), ("random", True)])
+def test_cpu_non_contiguous(layout, order_kind, strict):
+    q, k, v, g = make_qkv(2, 4, 2, 70, 16, device="cpu")
+    nc = [with_layout(x, layout) for x in (q, k, v, g)]
+    order = make_order(order_kind, 2, 70, "cpu")
+    for path in PATHS.values():
+        got = run(path, *nc, order=order, strict=strict)
+        assert got[0].is_contiguous()
+        assert_all_close(got, run(causal_attention_ref, q, k, v, g, order=order, strict=strict))
+
+
+@pytest.mark.parametrize("order_kind,strict", [(None, False), (None, True),
+                                               ("random-batch", True)])
+def test_cpu_fallbacks(monkeypatch, order_kind, strict):
+    """Where torch's flash kernels take no GQA (heads repeated, gradients summed per group)
+    or do not exist (the reference runs), the cpu backend gives the same results."""
+    q, k, v, g = make_qkv(2, 4, 2, 33, 8, torch.float64, "cpu")
+    kwargs = dict(order=make_order(order_kind, 2, 33, "cpu"), strict=strict)
+    want = run(causal_attention_ref, q, k, v, g, **kwargs)
+    monkeypatch.setattr(attention_module, "_flash_takes_gqa", lambda: False)
+    calls = spy(monkeypatch, torch.Tensor, "repeat_interleave")
+    for path in PATHS.values():
+        for a, w in zip(run(path, q, k, v, g, **kwargs), want, strict=True):
+            torch.testing.assert_close(a, w)
+    assert calls  # the fallback ran
+    monkeypatch.setattr(attention_module, "_FLASH", None)
+    monkeypatch.setattr(attention_module, "_FLASH_BWD", None)
+    for path in PATHS.values():
+        for a, w in zip(run(path, q, k, v, g, **kwargs), want, strict=True):
+            torch.testing.assert_close(a, w)
+
+
+def test_cpu_flash_takes_gqa_here():
+    """torch 2.13's CPU flash kernels take fewer kv heads (the fast path is the one used)."""
+    assert attention_module._flash_takes_gqa()
 
 
 # --------------------------------------------------------------------------- block skipping
@@ -302,10 +403,23 @@ def test_block_table_matches_dense_mask():
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_default_backend_on_cpu_is_reference(monkeypatch):
-    q, k, v, _ = make_qkv(1, 2, 2, 5, 4, device="cpu")
-    with no_launch(monkeypatch, kattn, "causal_attention_fwd"):
-        torch.testing.assert_close(causal_attention(q, k, v), causal_attention_ref(q, k, v))
+@pytest.mark.parametrize("grad", [False, True])
+def test_default_backend_on_cpu_is_cpu(monkeypatch, grad):
+    """No backend forced, CPU tensors: the cpu backend runs, called directly (its backward
+    is autograd's, through the flash kernel's own backward node), not the op or the Triton
+    launchers."""
+    q, k, v, g = make_qkv(1, 2, 2, 5, 4, device="cpu")
+    calls = spy(monkeypatch, attention_module, "_cpu_forward", "_cpu_backward",
+                "causal_attention_op")
+    with no_launch(monkeypatch, kattn, "causal_attention_fwd", "causal_attention_bwd"):
+        if grad:
+            got, want = run(causal_attention, q, k, v, g), run(causal_attention_ref, q, k, v, g)
+            assert_all_close(got, want)
+            assert "ScaledDotProductFlashAttentionForCpuBackward" in type(
+                causal_attention(*(x.requires_grad_() for x in (q, k, v))).grad_fn).__name__
+        else:
+            torch.testing.assert_close(causal_attention(q, k, v), causal_attention_ref(q, k, v))
+    assert calls == ["_cpu_forward"] * (2 if grad else 1)
 
 
 def test_backward_uses_forward_backend(monkeypatch):
@@ -359,7 +473,7 @@ def test_bad_input():
         causal_attention(q, k, v, order=torch.arange(5))
 
 
-@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("backend", ["reference", *FAST])
 def test_order_not_a_permutation(backend):
     q, k, v, _ = make_qkv(2, 2, 2, 6, 16)
     for bad in (torch.tensor([0, 1, 1, 2, 3, 4]), torch.tensor([1, 2, 3, 4, 5, 6]),
@@ -382,7 +496,7 @@ def test_bad_grad_out():
 # --------------------------------------------------------------------------- torch.library
 
 
-@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("backend", ["reference", *FAST])
 @pytest.mark.parametrize("order_kind,strict", [(None, False), ("random-batch", True)])
 def test_opcheck(backend, order_kind, strict):
     q, k, v, g = make_qkv(2, 2, 1, 20, 16)
@@ -397,7 +511,7 @@ def test_opcheck(backend, order_kind, strict):
                            strict, backend))
 
 
-@pytest.mark.parametrize("backend", [None, *KERNELS])
+@pytest.mark.parametrize("backend", [None, *FAST])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     q, k, v, g = make_qkv(1, 2, 1, 24, 16)
@@ -414,11 +528,22 @@ def test_torch_compile_fullgraph(backend):
 # --------------------------------------------------------------------------- GPU, real shapes
 
 
+GPU_ORDERS = [(None, False), ("random", False), ("zigzag", True)]
+# Each case compiles three kernels (forward, dK/dV, dQ): bf16 at every head dim with the
+# orders in turn and every order at D = 128 (the tiles that spill); fp16 and fp32 (IEEE
+# products, halved tiles) with each order once, at three head dims.
+GPU_CASES = [
+    *[(torch.bfloat16, d, *GPU_ORDERS[i % 3]) for i, d in enumerate(HEAD_DIMS)],
+    (torch.bfloat16, 128, "random", False), (torch.bfloat16, 128, "zigzag", True),
+    (torch.float16, 64, None, False), (torch.float16, 128, "random", False),
+    (torch.float16, 48, "zigzag", True),
+    (torch.float32, 32, None, False), (torch.float32, 80, "random", False),
+    (torch.float32, 128, "zigzag", True),
+]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("d", HEAD_DIMS)
-@pytest.mark.parametrize("order_kind,strict", [(None, False), ("random", False),
-                                               ("zigzag", True)])
+@pytest.mark.parametrize("dtype,d,order_kind,strict", GPU_CASES)
 def test_gpu_real_shapes(dtype, d, order_kind, strict):
     b, h, hk, t = 2, 8, 2, 1000
     q, k, v, g = make_qkv(b, h, hk, t, d, dtype, "cuda")
@@ -445,7 +570,7 @@ def test_gpu_long_sequence_bf16(t):
         assert_close_lowp(a, lp, f, f"T={t} {what}")
 
 
-@pytest.mark.parametrize("backend", ["reference", *KERNELS])
+@pytest.mark.parametrize("backend", ["reference", *FAST])
 @pytest.mark.parametrize("shape", [(0, 2, 5, 16), (1, 2, 0, 16), (3, 2, 0, 16)])
 @pytest.mark.parametrize("order_kind", [None, "shared", "batched"])
 @pytest.mark.parametrize("strict", [False, True])

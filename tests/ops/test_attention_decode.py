@@ -3,6 +3,8 @@ kernel equals the reference, the cache is written in place (and left alone on ba
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from artrt.kernels import attention_decode as kdecode
@@ -10,8 +12,13 @@ from artrt.kernels import attention_decode as kdecode
 from artrt.ops.attention import causal_attention_ref
 from artrt.ops.attention_decode import attention_decode, attention_decode_ref
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
+from tests.ops.common import no_launch
+from tests.ops.test_attention import attention_module, spy
 
-BACKENDS = ["reference", *kernel_backends()]
+decode_module = sys.modules["artrt.ops.attention_decode"]  # (the package re-exports the op)
+CPU = ["cpu"] if DEVICE == "cpu" else []  # the cpu backend, on the tensors these tests make
+FAST = [*CPU, *kernel_backends()]  # every backend but the reference
+BACKENDS = ["reference", *FAST]
 
 
 def make_seq(b, h, hk, t, d, dtype=torch.float32, device=DEVICE, seed=0):
@@ -102,7 +109,7 @@ def test_no_new_keys_and_empty_rows(backend):
     assert (out == 0).all()
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 def test_kernel_non_contiguous(backend):
     b, h, d, t_max = 2, 4, 16, 70
     q = with_layout(make_seq(b, h, 2, 1, d)[0], "strided")
@@ -119,7 +126,7 @@ def test_kernel_non_contiguous(backend):
     torch.testing.assert_close(v_cache, vc, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_16bit(backend, dtype):
     """fp16 and bf16 under the tolerance rule, with an append; bf16 also under the Triton 3.9
@@ -147,6 +154,99 @@ def test_empty(backend):
     out = attention_decode(torch.randn(2, 2, 1, 16, device=DEVICE), empty, empty.clone(), sl,
                            backend=backend)
     assert out.shape == (2, 2, 1, 16) and (out == 0).all()
+
+
+# --------------------------------------------------------------------------- cpu backend
+
+
+def via_op(q, k_cache, v_cache, seqlens, k_new=None, v_new=None, scale=None, strict=False):
+    """attention_decode through the torch.library op with the cpu backend (what
+    torch.compile and opcheck run), not the direct call of eager mode."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.artrt.attention_decode(q, k_cache, v_cache, seqlens, k_new, v_new, scale,
+                                            strict, "cpu")
+
+
+PATHS = {"direct": lambda *a, **kw: attention_decode(*a, backend="cpu", **kw), "op": via_op}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lengths", [[0, 0], [6, 6], [5, 21], [0, 3]])
+@pytest.mark.parametrize("tq,t_new", [(1, 1), (1, 0), (3, 3), (7, 7), (3, 0)])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("h,hk", [(4, 2), (2, 2)])
+def test_cpu_matches_reference_fp64(path, lengths, tq, t_new, strict, h, hk):
+    """Equal lengths (one kernel call) and unequal ones (one per sequence), one or several
+    queries (more than the keys: rows that see nothing), with and without an append, GQA;
+    stale entries past each length (1e4 and NaN) never read; the caches written as the
+    reference writes them."""
+    b, d, t_max = len(lengths), 5, 32
+    q = make_seq(b, h, hk, tq, d, torch.float64, "cpu", seed=tq)[0]
+    k_cache, v_cache = empty_cache(b, hk, t_max, d, torch.float64, "cpu")
+    k, v = make_seq(b, hk, hk, max(lengths) + t_new, d, torch.float64, "cpu", seed=1)[1:]
+    for i, n in enumerate(lengths):
+        k_cache[i, :, :n], v_cache[i, :, :n] = k[i, :, :n], v[i, :, :n]
+    seqlens = torch.tensor(lengths)
+    new = (k[:, :, :t_new].contiguous(), v[:, :, :t_new].contiguous()) if t_new else ()
+    kc, vc = k_cache.clone(), v_cache.clone()
+    want = attention_decode_ref(q, kc, vc, seqlens, *new, scale=0.4, strict=strict)
+    got = PATHS[path](q, k_cache, v_cache, seqlens, *new, scale=0.4, strict=strict)
+    assert got.is_contiguous() and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want)
+    assert torch.equal(k_cache, kc) and torch.equal(v_cache.nan_to_num(), vc.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_uniform_lengths_low_precision(dtype):
+    """The one-call path (equal lengths), with an append, under the tolerance rule."""
+    b, h, d, t_max = 3, 4, 32, 150
+    q, k_new, v_new = make_seq(b, h, 2, 2, d, dtype, "cpu")
+    k_cache, v_cache = (torch.randn(b, 2, t_max, d).to(dtype) for _ in range(2))
+    seqlens = torch.tensor([99, 99, 99])
+    fp32 = attention_decode_ref(q.float(), k_cache.float(), v_cache.float(), seqlens,
+                                k_new.float(), v_new.float())
+    lowp = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens, k_new, v_new)
+    for path in PATHS.values():
+        got = path(q, k_cache, v_cache, seqlens, k_new, v_new)
+        assert got.dtype == dtype
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, fp32, atol=2e-6, rtol=1e-5)
+        else:
+            assert_close_lowp(got, lowp, fp32, f"decode {dtype}")
+
+
+def test_cpu_fallbacks(monkeypatch):
+    """No GQA in torch's flash kernel (heads repeated), or no flash kernel (the reference):
+    the same outputs and caches."""
+    b, h, hk, d, t_max = 2, 4, 1, 8, 20
+    q, k_new, v_new = make_seq(b, h, hk, 2, d, torch.float64, "cpu")
+    k_cache, v_cache = (torch.randn(b, hk, t_max, d, dtype=torch.float64) for _ in range(2))
+    for seqlens in (torch.tensor([4, 4]), torch.tensor([3, 9])):
+        want = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens, k_new, v_new)
+        with monkeypatch.context() as m:
+            m.setattr(attention_module, "_flash_takes_gqa", lambda: False)
+            calls = spy(m, torch.Tensor, "repeat_interleave")
+            for path in PATHS.values():
+                torch.testing.assert_close(path(q, k_cache.clone(), v_cache.clone(), seqlens,
+                                                k_new, v_new), want)
+            assert calls
+        with monkeypatch.context() as m:
+            m.setattr(decode_module, "_FLASH", None)
+            for path in PATHS.values():
+                torch.testing.assert_close(path(q, k_cache.clone(), v_cache.clone(), seqlens,
+                                                k_new, v_new), want)
+
+
+def test_default_backend_on_cpu_is_cpu(monkeypatch):
+    b, h, d, t_max = 2, 2, 16, 10
+    q, k, v = make_seq(b, h, h, 1, d, device="cpu")
+    k_cache, v_cache = (torch.randn(b, h, t_max, d) for _ in range(2))
+    seqlens = torch.tensor([3, 3])
+    want = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    calls = spy(monkeypatch, decode_module, "_cpu_decode")
+    with no_launch(monkeypatch, kdecode, "attention_decode_fwd"):
+        torch.testing.assert_close(attention_decode(q, k_cache, v_cache, seqlens, k, v), want)
+    assert calls == ["_cpu_decode"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -297,7 +397,7 @@ def test_opcheck(backend, with_new):
                           (q, kc, vc, sl, *new, 0.25, False, backend))
 
 
-@pytest.mark.parametrize("backend", [None, *kernel_backends()])
+@pytest.mark.parametrize("backend", [None, *FAST])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     b, h, d, t_max = 2, 4, 16, 40

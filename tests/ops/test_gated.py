@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import artrt.kernels.gated as kgated
 import pytest
 import torch
@@ -17,6 +19,11 @@ from artrt.ops.gated import (
 )
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
 from tests.ops.common import assert_backward_uses_forward_backend, no_launch
+from tests.ops.test_attention import spy
+
+gated_module = sys.modules["artrt.ops.gated"]
+CPU = ["cpu"] if DEVICE == "cpu" else []  # the cpu backend, on the tensors these tests make
+FAST = [*CPU, *kernel_backends()]  # every backend but the reference
 
 GATES = {
     "tanh": (artrt.gated_tanh, gated_tanh_ref, ACT_TANH),
@@ -117,7 +124,7 @@ def test_reference_values():
 # --------------------------------------------------------------------------- kernels
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("shape,dim", SHAPES)
 @pytest.mark.parametrize("cond_kind", [None, "class", "channel", "last1"])
@@ -131,7 +138,7 @@ def test_kernel_matches_reference(backend, gate, shape, dim, cond_kind):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("layout", ["strided", "permuted"])
 @pytest.mark.parametrize("cond_layout", ["contiguous", "strided", "permuted"])
@@ -147,7 +154,7 @@ def test_kernel_non_contiguous(backend, gate, layout, cond_layout):
         torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_low_precision(backend, gate, dtype):
@@ -161,7 +168,7 @@ def test_kernel_low_precision(backend, gate, dtype):
         assert_close_lowp(g, lp, f, f"{gate} {dtype} {what}")
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 def test_kernel_empty_and_extremes(backend):
     x = torch.empty(0, 4, 3, device=DEVICE)
     assert artrt.gated_tanh(x, backend=backend).shape == (0, 2, 3)
@@ -173,7 +180,7 @@ def test_kernel_empty_and_extremes(backend):
                                torch.tensor([[-100.0, 0.0]], device=DEVICE))
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", FAST)
 def test_kernel_many_rows_few_positions(backend):
     """S = 1 with many rows: the tile is laid along rows, several programs along them."""
     x, cond, grad = make_inputs((3000, 4), 1, "full")
@@ -193,10 +200,129 @@ def test_backward_uses_forward_backend(monkeypatch):
                                          lambda: artrt.gated_tanh(x))
 
 
-def test_default_backend_on_cpu_is_reference(monkeypatch):
-    x = torch.randn(2, 4, 3)
-    with no_launch(monkeypatch, kgated, "gated_fwd"):
-        torch.testing.assert_close(artrt.gated_tanh(x), gated_tanh_ref(x))
+@pytest.mark.parametrize("grad", [False, True])
+def test_default_backend_on_cpu_is_cpu(monkeypatch, grad):
+    """No backend forced, CPU tensors: the cpu backend (forward, and backward at or above
+    the size where its Python backward pays), not the Triton launchers."""
+    x = torch.randn(2, 2 * gated_module._SMALL_TANH_GRAD, requires_grad=grad)
+    calls = spy(monkeypatch, gated_module, "_cpu_forward", "_cpu_backward")
+    with no_launch(monkeypatch, kgated, "gated_fwd", "gated_bwd"):
+        torch.testing.assert_close(artrt.gated_tanh(x, dim=0), gated_tanh_ref(x, dim=0))
+        if grad:
+            artrt.gated_tanh(x, dim=0).sum().backward()
+    assert calls == ["_cpu_forward", *(["_cpu_forward", "_cpu_backward"] if grad else [])]
+    if grad:  # below that size the training path is the reference expression
+        calls.clear()
+        artrt.gated_tanh(x[:, :8], dim=0).sum().backward()
+        assert calls == []
+
+
+def test_cpu_backend_selection():
+    """``cpu`` is a backend: chosen on CPU tensors by an op that has it (float32, float64,
+    float16, bfloat16), refused on other devices and by an op without it."""
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert "cpu" in backends.BACKENDS and backends.status()["cpu"]["cpu"] is None
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        assert backends.select("op", cpu, dtype, "auto", ("triton", "cpu", "reference")) == "cpu"
+        assert backends.select("op", cpu, dtype, "auto", ("triton", "reference")) == "reference"
+    assert backends.select("op", meta, torch.float32, "auto", ("cpu", "reference")) == "reference"
+    with pytest.raises(backends.BackendUnavailableError, match="CPU tensors, got a meta"):
+        backends.select("op", meta, torch.float32, "cpu", ("cpu", "reference"))
+    with pytest.raises(backends.BackendUnavailableError, match="no implementation of this op"):
+        backends.select("op", cpu, torch.float32, "cpu", ("triton", "reference"))
+    assert "float32, float64, float16 and bfloat16, got torch.complex64" in (
+        backends.unavailable_reason("cpu", "cpu", torch.complex64))
+    assert "CPU tensors, got a cuda tensor" in backends.unavailable_reason("cpu", "cuda")
+
+
+def test_direct_call():
+    """The dispatcher is skipped only in plain eager mode on plain CPU tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(2, 4)
+    assert backends.direct_call(x, None, x)
+    assert not backends.direct_call(x, torch.nn.Parameter(x))  # a subclass
+    assert not backends.direct_call(x, x.to("meta"))
+    with torch.device("cpu"):  # a TorchFunctionMode
+        assert not backends.direct_call(x)
+    with FakeTensorMode():  # a TorchDispatchMode
+        assert not backends.direct_call(x)
+    seen = []
+    torch.vmap(lambda t: seen.append(backends.direct_call(t)) or t)(x)
+    assert seen == [False]
+    compiled = torch.compile(lambda t: t + backends.direct_call(t), fullgraph=True,
+                             backend="eager")
+    assert torch.equal(compiled(x), x)  # False (0) while compiling
+
+
+def _cpu_call(fn, act, path, monkeypatch):
+    """Call the cpu backend by ``path``: ``direct`` (the public function's eager call),
+    ``direct-function`` (the same, with the tanh gate's autograd.Function at every size), or
+    ``op`` (the torch.library op, as torch.compile and opcheck run it)."""
+    if path == "op":
+        return lambda x, c, d: torch.ops.artrt.gated(x, c, d, act, "cpu")
+    if path == "direct-function":
+        monkeypatch.setattr(gated_module, "_SMALL_TANH_GRAD", 0)
+    return lambda x, c, d: fn(x, c, d, backend="cpu")
+
+
+CPU_PATHS = ["direct", "direct-function", "op"]
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("cond_kind", [None, "class", "full"])
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_cpu_matches_reference_fp64(gate, cond_kind, path, monkeypatch):
+    """float64 (which the kernels of the other backends do not take), every way of calling
+    the cpu backend."""
+    fn, ref, act = GATES[gate]
+    call = _cpu_call(fn, act, path, monkeypatch)
+    for shape, dim in SHAPES:
+        x, cond, grad = make_inputs(shape, dim, cond_kind, dtype=torch.float64, device="cpu")
+        got, want = run(call, x, cond, dim, grad), run(ref, x, cond, dim, grad)
+        assert got[0].is_contiguous()
+        for g, w, what in zip(got, want, ("out", "dx", "dcond"), strict=False):
+            torch.testing.assert_close(g, w, msg=f"{shape} {dim} {what}")
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_cpu_gradgradcheck(gate, path, monkeypatch):
+    fn, _, act = GATES[gate]
+    x, cond, _ = make_inputs((2, 4, 3), 1, "class", dtype=torch.float64, device="cpu")
+    call = _cpu_call(fn, act, path, monkeypatch)
+    assert torch.autograd.gradgradcheck(lambda x, c: call(x, c, 1),
+                                        (x.requires_grad_(), cond.requires_grad_()))
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_low_precision(gate, path, dtype, monkeypatch):
+    fn, ref, act = GATES[gate]
+    call = _cpu_call(fn, act, path, monkeypatch)
+    x, cond, grad = make_inputs((2, 16, 9, 11), 1, "class", dtype=dtype, device="cpu")
+    fp32 = run(ref, x.float(), cond.float(), 1, grad.float())
+    lowp = run(ref, x, cond, 1, grad)
+    got = run(call, x, cond, 1, grad)
+    for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond"), strict=False):
+        assert g.dtype == dtype
+        assert_close_lowp(g, lp, f, f"{gate} {dtype} {what}")
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("layout", ["strided", "permuted"])
+def test_cpu_function_non_contiguous(gate, layout, monkeypatch):
+    """The tanh gate's autograd.Function (every size) on strided and permuted inputs."""
+    fn, ref, act = GATES[gate]
+    call = _cpu_call(fn, act, "direct-function", monkeypatch)
+    x, cond, grad = make_inputs((3, 6, 5, 7), 1, "full", device="cpu")
+    want = run(ref, x, cond, 1, grad)
+    got = run(call, with_layout(x, layout), with_layout(cond, layout), 1,
+              with_layout(grad, layout))
+    assert got[0].is_contiguous()
+    for g, w, what in zip(got, want, ("out", "dx", "dcond"), strict=False):
+        torch.testing.assert_close(g, w, atol=2e-6, rtol=1e-5, msg=what)
 
 
 def test_env_backend_forces(monkeypatch):
@@ -269,7 +395,7 @@ def test_bad_grad_out():
 # --------------------------------------------------------------------------- torch.library
 
 
-OPCHECK_BACKENDS = ["reference", *kernel_backends()]
+OPCHECK_BACKENDS = ["reference", *FAST]
 
 
 @pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
@@ -285,7 +411,7 @@ def test_opcheck(backend, act, cond_kind):
                           (grad, x.detach(), cond, 1, act, backend))
 
 
-@pytest.mark.parametrize("backend", [None, *kernel_backends()])
+@pytest.mark.parametrize("backend", [None, *FAST])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     x, cond, grad = make_inputs((2, 8, 5, 3), 1, "class")
@@ -313,11 +439,18 @@ def test_torch_compile_inductor():
 # --------------------------------------------------------------------------- GPU, real shapes
 
 
+GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+GPU_SHAPES = [(64, 256, 32, 32), (16, 512, 16000)]  # Gated PixelCNN (class cond), WaveNet
+# The CUDA kernel compiles nothing at test time: every gate x dtype x shape. Triton compiles
+# per case: each gate in every dtype, the shapes in turn (each gate and dtype meets both).
+GPU_CASES = (
+    [("cuda", g, dt, s) for g in GATES for dt in GPU_DTYPES for s in GPU_SHAPES]
+    + [("triton", g, dt, GPU_SHAPES[(i + j) % 2]) for i, g in enumerate(GATES)
+       for j, dt in enumerate(GPU_DTYPES)])
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(64, 256, 32, 32), (16, 512, 16000)])
+@pytest.mark.parametrize("backend,gate,dtype,shape", GPU_CASES)
 def test_gpu_real_shapes(backend, gate, dtype, shape):
     fn, ref, _ = GATES[gate]
     cond_kind = "class" if len(shape) == 4 else "full"
