@@ -518,6 +518,9 @@ def _check_model_change(model, name, x, cond, u, n, entry, arg, value, must_rais
     for backend in BACKENDS:
         try:
             got = _model_call(model, entry, args, backend)
+        except artrt.BackendUnavailableError:  # an op of the model lacks this backend
+            assert backend != "reference"
+            continue
         except (ValueError, TypeError) as e:
             label = "label" if arg == "cond" else arg
             assert label in str(e) or arg in str(e), f"{entry}({arg}=...): {e}"
