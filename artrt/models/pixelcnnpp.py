@@ -63,7 +63,7 @@ from artrt.models._common import (
     check_data,
 )
 from artrt.nn.masked_conv import DownRightShiftedConv2d, DownShiftedConv2d
-from artrt.ops.dmol import dmol_nll, dmol_sample
+from artrt.ops.dmol import _dmol_sample_unchecked, dmol_nll, dmol_sample
 from artrt.ops.gated import gated_sigmoid
 from artrt.sampling.cache import ARCache
 from artrt.sampling.pixelcnnpp import Layer, run_layers
@@ -301,11 +301,17 @@ class PixelCNNpp(DiscreteARModel):
         c, h, w = self.shape
         return (1 + c, h, w)
 
-    def _pixel(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """params (n, P), u (n, 1 + C) -> (n, C) int64 levels of one pixel."""
-        v = dmol_sample(params[:, :, None, None], self.config.num_mix,
-                        uniforms=u[:, :, None, None].contiguous(), levels=self.config.levels)
-        return from_input(v[:, :, 0, 0], self.config.levels)
+    def _pixel(self, params: torch.Tensor, u: torch.Tensor, checked: bool = True
+               ) -> torch.Tensor:
+        """params (n, P), u (n, 1 + C) -> (n, C) int64 levels of one pixel; ``checked=False``
+        skips dmol_sample's checks (params finite, u in [0, 1): host reads)."""
+        params, u = params[:, :, None, None], u[:, :, None, None].contiguous()
+        levels = self.config.levels
+        if checked:
+            v = dmol_sample(params, self.config.num_mix, uniforms=u, levels=levels)
+        else:
+            v = _dmol_sample_unchecked(params, u, self.config.num_mix, levels)
+        return from_input(v[:, :, 0, 0], levels)
 
     def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
               progress: bool, desc: str) -> None:
@@ -318,13 +324,17 @@ class PixelCNNpp(DiscreteARModel):
     def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
                      desc: str) -> None:
         """Fill x (n, C, H, W) in place from u (n, 1 + C, H, W) through ``cache`` (freshly
-        reset): one cache step per pixel."""
+        reset): one cache step per pixel. The steps read nothing back from the device: u is
+        checked by ``sample``, the levels drawn lie in [0, levels), and the finiteness of the
+        params that dmol_sample checks per call is checked once, over the whole image, after
+        the last step (ValueError)."""
         w = x.shape[3]
         for _ in tqdm(range(cache.num_steps), disable=not progress, desc=desc):
             i, j = divmod(cache.step, w)
-            values = self._pixel(cache.params(), u[:, :, i, j])  # (n, C)
+            values = self._pixel(cache.params(), u[:, :, i, j], checked=False)  # (n, C)
             x[:, :, i, j] = values
-            cache.push(values)
+            cache._push_unchecked(values)
+        cache._check_params_finite(desc)
 
 
 __all__ = ["PixelCNNpp", "PixelCNNppConfig"]

@@ -149,7 +149,7 @@ class WaveNet(DiscreteARModel):
                      desc: str) -> None:
         """Fill x (n, *shape) from the uniforms u through the WaveNetCache's own sampler (the
         step op draws every position; CUDA graphs on CUDA)."""
-        x.copy_(cache.draw(u, progress, desc))
+        x.copy_(cache._draw(u, progress, desc))  # u checked by sample
 
     def extra_repr(self) -> str:
         return (f"length={self.length}, receptive_field={self.receptive_field}, "

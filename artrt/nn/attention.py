@@ -73,12 +73,21 @@ class CausalSelfAttention(nn.Module):
         y = causal_attention(q, k, v, order=order, strict=self.strict)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
-    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: KVCache, *, length: int | None = None
+             ) -> torch.Tensor:
+        """x (B, T_new, C) -> (B, T_new, C): attend the new positions to layer ``layer_idx``
+        of ``cache``, appending their keys and values and advancing it.
+
+        ``length``: how many positions every sequence of that layer holds, when the caller
+        knows it on the host (a sampler at step s); then the cache's lengths are not read
+        back from the device, and the step does not synchronise. It must be right: it is not
+        compared with the cache's own count."""
         b, t, c = x.shape
         cache.check(self.layer_idx, b, self.kv_heads, self.head_dim, x.dtype, x.device)
         q, k, v = self._qkv(x)
         k_cache, v_cache, seqlens = cache.layer(self.layer_idx)
-        y = attention_decode(q, k_cache, v_cache, seqlens, k, v, strict=self.strict)
+        y = attention_decode(q, k_cache, v_cache, seqlens, k, v, strict=self.strict,
+                             _lengths=None if length is None else [length] * b)
         cache.advance(self.layer_idx, t)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 

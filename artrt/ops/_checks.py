@@ -5,6 +5,12 @@ range) reads the tensor back to the host, which waits for the device. Such check
 the torch.library op (never in a traced graph), read each tensor once (its min and max in one
 transfer), and are skipped while a CUDA graph is being captured: a host read would break the
 capture, and a captured graph replays on new data anyway.
+
+The cached samplers of :mod:`artrt.sampling` skip them at every step too: ``model.sample``
+checks what the user passes in (uniforms, labels) once per call, the caches check the values
+of ``push`` (one read), and the steps call private unchecked entries of ``wavenet_step``,
+``dmol_sample`` and ``attention_decode`` (lengths known on the host), so a step reads nothing
+back. The public ops keep every check.
 """
 
 from __future__ import annotations

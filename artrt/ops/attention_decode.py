@@ -265,6 +265,13 @@ def attention_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     t_new = 0 if k_new is None else k_new.shape[2]
     _check_writable(k_cache, v_cache, t_new)
     _check_lengths(cache_seqlens, t_new, k_cache.shape[2])
+    return _device_decode(name, q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
+
+
+def _device_decode(name: str, q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict
+                   ) -> torch.Tensor:
+    """The reference or triton backend (``name``) on checked arguments: no host read."""
+    t_new = 0 if k_new is None else k_new.shape[2]
     if name == "reference":
         return attention_decode_ref(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
                                     strict).contiguous()
@@ -287,7 +294,8 @@ def _(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict, backend):
 def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_seqlens: torch.Tensor, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, scale: float | None = None, *,
-                     strict: bool = False, backend: str | None = None) -> torch.Tensor:
+                     strict: bool = False, backend: str | None = None,
+                     _lengths: list[int] | None = None) -> torch.Tensor:
     """Append to a KV cache in place and attend a few new queries to it (bottom-right causal).
 
     Args:
@@ -316,9 +324,18 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     caches unchanged, on mismatched shapes, dtypes or devices, on caches that cannot be
     written in place, on ``cache_seqlens < 0`` and on overflow
     (``cache_seqlens + T_new > Tmax``): every check runs before anything is written.
+
+    ``_lengths`` (private, for :mod:`artrt.sampling`'s caches): ``cache_seqlens.tolist()`` as
+    the caller keeps it on the host. Given, in eager mode without autograd, the length checks
+    run on it and cache_seqlens is never read on the host (no device sync per decode step); it
+    must match cache_seqlens (not checked: a wrong one gives wrong results).
     """
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
     scale, backend = _scale(scale, q.shape[-1]), backends.requested(backend)
+    if _lengths is not None and _known_lengths_apply(q, k_cache, v_cache, cache_seqlens, k_new,
+                                                     v_new):
+        return _decode_known_lengths(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
+                                     strict, backend, list(_lengths))
     if (backends.direct_call(q, k_cache, v_cache, cache_seqlens, k_new, v_new)
             and not (torch.is_grad_enabled() and _any_requires_grad(q, k_cache, v_cache, k_new,
                                                                     v_new))
@@ -332,6 +349,32 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 def _any_requires_grad(*tensors) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
+
+
+def _known_lengths_apply(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call with host lengths may skip the op: eager (``backends.direct_call``'s
+    conditions, on any device), plain tensors, and no autograd."""
+    return (backends.direct_call()
+            and all(t is None or type(t) is torch.Tensor for t in tensors)
+            and not (torch.is_grad_enabled() and _any_requires_grad(*tensors)))
+
+
+def _decode_known_lengths(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                          backend: str, lengths: list[int]) -> torch.Tensor:
+    """:func:`attention_decode` on shape-checked arguments with ``lengths`` =
+    cache_seqlens on the host: the length checks on it, then the backend; no host read."""
+    b = q.shape[0]
+    if len(lengths) != b or not all(isinstance(n, int) for n in lengths):
+        raise ValueError(f"attention_decode: _lengths must be {b} ints (cache_seqlens on the "
+                         f"host), got {lengths!r}")
+    name = backends.select("attention_decode", q.device, q.dtype, backend, PREFERENCE)
+    t_new = 0 if k_new is None else k_new.shape[2]
+    _check_writable(k_cache, v_cache, t_new)
+    _check_lengths(cache_seqlens, t_new, k_cache.shape[2], lengths)
+    if name == "cpu":
+        return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                           lengths)
+    return _device_decode(name, q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
 
 
 def _cpu_decode_checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict):

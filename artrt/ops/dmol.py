@@ -410,6 +410,12 @@ def _dmol_sample_op(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int, 
     _check_data(params, uniforms, "uniforms", 1 + channels, "dmol_sample")
     _check_sample_values(params, uniforms)
     name = backends.select("dmol_sample", params.device, params.dtype, backend, PREFERENCE)
+    return _sample_backend(name, params, uniforms, num_mix, channels, levels)
+
+
+def _sample_backend(name: str, params: torch.Tensor, uniforms: torch.Tensor, num_mix: int,
+                    channels: int, levels: int) -> torch.Tensor:
+    """Backend ``name`` (selected) of dmol_sample on checked arguments."""
     if name == "reference":
         return dmol_sample_ref(params, uniforms, num_mix, levels)
     from artrt.kernels.dmol import dmol_sample_fwd
@@ -570,3 +576,17 @@ def dmol_sample(params: torch.Tensor, num_mix: int, generator: torch.Generator |
     with torch.no_grad():
         params = _to_artrt_layout(params.detach(), num_mix, channels, layout)
         return _dmol_sample_op(params, uniforms, num_mix, levels, backends.requested(backend))
+
+
+def _dmol_sample_unchecked(params: torch.Tensor, uniforms: torch.Tensor, num_mix: int,
+                           levels: int, backend: str | None = None) -> torch.Tensor:
+    """:func:`dmol_sample` in artrt's layout without any check, straight to the backend (no
+    host read): for a sampler that checked what it passes once (the model's PixelCNN++
+    sampler: the uniforms once per sample, the params the network gave once after its
+    steps). params (B, P, H, W), uniforms (B, 1 + C, H, W) float32 in [0, 1), levels >= 2 as
+    :func:`dmol_sample` takes them; bad values give wrong levels, not errors. Eager only."""
+    name = backends.select("dmol_sample", params.device, params.dtype,
+                           backends.requested(backend), PREFERENCE)
+    with torch.no_grad():
+        return _sample_backend(name, params.detach(), uniforms, num_mix,
+                               _channels(params, num_mix), levels)

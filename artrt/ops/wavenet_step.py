@@ -490,6 +490,21 @@ def _op_weights(tensors: Sequence[torch.Tensor], dilations: Sequence[int]) -> Wa
     return w
 
 
+def _launch(name: str, weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch.Tensor,
+            u: torch.Tensor, step: torch.Tensor | None, offset: int, cond: torch.Tensor | None,
+            logits: torch.Tensor | None) -> None:
+    """Backend ``name`` (selected) on checked arguments; the position is ``step + offset``
+    (``step`` None: 0)."""
+    if name == "reference":
+        wavenet_step_ref(weights, state, tokens, u, 0 if step is None else step, cond,
+                         offset=offset, logits=logits)
+    elif name == "triton":
+        _triton_launch(weights, state, tokens, u, step, cond, offset, logits)
+    else:
+        _cuda_launch(weights, state, tokens, u.contiguous(), 0 if step is None else step,
+                     cond, offset, logits)
+
+
 @torch.library.custom_op("artrt::wavenet_step", mutates_args=("state", "tokens", "logits"))
 def _wavenet_step_op(start: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor,
                      conv_w: torch.Tensor, conv_b: torch.Tensor, out_w: torch.Tensor,
@@ -506,14 +521,7 @@ def _wavenet_step_op(start: torch.Tensor, in_w: torch.Tensor, in_b: torch.Tensor
     _check(weights, state, tokens, u, 0 if step is None else step, cond, offset, logits)
     name = backends.select(_NAME, weights.device, weights.dtype, backend, PREFERENCE)
     _check_values(weights.levels, tokens, u, step, offset, cond)
-    if name == "reference":
-        wavenet_step_ref(weights, state, tokens, u, 0 if step is None else step, cond,
-                         offset=offset, logits=logits)
-    elif name == "triton":
-        _triton_launch(weights, state, tokens, u, step, cond, offset, logits)
-    else:
-        _cuda_launch(weights, state, tokens, u.contiguous(), 0 if step is None else step,
-                     cond, offset, logits)
+    _launch(name, weights, state, tokens, u, step, offset, cond, logits)
 
 
 @_wavenet_step_op.register_fake
@@ -564,6 +572,21 @@ def wavenet_step(weights: WaveNetStepWeights, state: torch.Tensor, tokens: torch
     _wavenet_step_op(*(getattr(weights, name) for name in _TENSOR_FIELDS),
                      list(weights.dilations), state, tokens, u, step, offset, cond, logits,
                      backends.requested(backend))
+
+
+def _wavenet_step_unchecked(weights: WaveNetStepWeights, state: torch.Tensor,
+                            tokens: torch.Tensor, u: torch.Tensor, step: int,
+                            cond: torch.Tensor | None = None, *, offset: int = 0,
+                            logits: torch.Tensor | None = None,
+                            backend: str | None = None) -> None:
+    """:func:`wavenet_step` without any check, straight to the backend (no host read): for a
+    caller that built the arguments itself and checked them once (``WaveNetCache``: their
+    shapes at ``reset``, the uniforms once per ``draw``, the levels ``push`` takes), with an
+    int ``step``. Eager only (not through the torch.library op); bad values give wrong
+    samples, not errors."""
+    name = backends.select(_NAME, weights.device, weights.dtype, backends.requested(backend),
+                           PREFERENCE)
+    _launch(name, weights, state, tokens, u, None, step + offset, cond, logits)
 
 
 __all__ = ["WaveNetStepWeights", "pack_wavenet_step_weights", "wavenet_step",

@@ -19,7 +19,9 @@ a known ``x``) makes ``logits()`` equal ``model(x, cond)`` at every position.
 
 Subclasses implement ``_reset(cond)``, ``_logits()`` and ``_push(values)``; this base owns
 the step counter and every check, done before any state changes, so a bad call leaves the
-cache as it was.
+cache as it was. ``push`` checks the values' range with one host read (a device sync on
+CUDA); the samplers of the models push the values they drew themselves through
+``_push_unchecked``, so their steps read nothing back.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from artrt.ops._checks import value_range
 from artrt.sampling._shared import check_cond
 
 
@@ -111,10 +114,19 @@ class ARCache:
         if values.device != self.device:
             raise ValueError(f"{name}: values are on {values.device}, the cache on "
                              f"{self.device}")
-        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= self.levels):
-            raise ValueError(f"{name}: values must be levels in [0, {self.levels}), got "
-                             f"[{int(values.min())}, {int(values.max())}]")
+        if values.numel():
+            lo, hi = value_range(values)  # the one host read of a push
+            if lo < 0 or hi >= self.levels:
+                raise ValueError(f"{name}: values must be levels in [0, {self.levels}), got "
+                                 f"[{int(lo)}, {int(hi)}]")
         self._push(values.long())
+        self.step += 1
+
+    def _push_unchecked(self, values: torch.Tensor) -> None:
+        """:meth:`push` of values the caller drew itself from this cache's output: (B, G)
+        int64 levels in [0, levels) on the cache's device, not checked (no host read)."""
+        self._check_not_done("push")
+        self._push(values)
         self.step += 1
 
     def check_for(self, model: nn.Module, n: int) -> None:

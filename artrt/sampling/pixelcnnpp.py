@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt.levels import to_input
+from artrt.ops._checks import check_finite
 from artrt.sampling.cache import ARCache
 
 Taps = frozenset  # of (dy, dx) offsets: output q reads the input at q + (dy, dx)
@@ -247,6 +248,13 @@ class PixelCNNppCache(ARCache):
         self._check_not_done("params")
         i, j = divmod(self.step, self._hw[1])
         return self._values[self._layers[-1].name][:, :, i, j].float()
+
+    def _check_params_finite(self, name: str) -> None:
+        """ValueError naming ``name`` unless the dmol parameters of every pixel computed so far
+        are finite (those not computed yet are zeros): one host read, what ``dmol_sample``
+        checks per call, for a sampler that skips it at its steps."""
+        check_finite(name, "params (logits, means, log-scales, coefficients)",
+                     self._values[self._layers[-1].name])
 
     def logits(self) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__}: PixelCNN++ outputs discretized logistic "

@@ -12,6 +12,9 @@ causal, so each step appends one key/value per layer and attends one query to th
         logits(p) = head(ln_f(e))                                  O(s) attention, O(1) rest
 
 The logits of step s + 1 are computed when step s's value is pushed (step 0's at reset).
+Every layer's cache holds s positions of every sequence at step s, a number the cache knows
+on the host: it passes it to each layer's ``step`` (``length=``), which then reads nothing
+back from the device, so a step does not synchronise.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ARTransformerCache(ARCache):
         cfg = model.config
         dtype, device = model.pos.dtype, model.pos.device
         self.tokens = model.rank.argsort()  # (T,) token of each step
+        self._token_list = self.tokens.tolist()  # the same on the host: indexing reads none
         self.kv = KVCache(cfg.layers, batch_size, cfg.heads, model.tokens, cfg.dim // cfg.heads,
                           dtype=dtype, device=device)
         super().__init__(model, batch_size, cond)
@@ -57,12 +61,12 @@ class ARTransformerCache(ARCache):
         """Decode step s from its value embedding e (B, dim): append its keys and values to
         every layer of ``kv`` and keep its logits."""
         model = self.model
-        e = e + model.pos[self.tokens[s]]  # (B, dim)
+        e = e + model.pos[self._token_list[s]]  # (B, dim)
         if self._class is not None:
             e = e + self._class
         e = e.unsqueeze(1)  # (B, 1, dim)
-        for block in model.blocks:
-            e = e + block.attn.step(block.ln1(e), self.kv)
+        for block in model.blocks:  # every layer's cache holds s positions
+            e = e + block.attn.step(block.ln1(e), self.kv, length=s)
             e = e + block.mlp(block.ln2(e))
         logits = model.head(model.ln_f(e))  # (B, 1, levels)
         self._out = logits.float().transpose(1, 2)  # (B, levels, 1)

@@ -15,6 +15,10 @@ Two ways to drive it:
   steps are captured once in a ``torch.cuda.CUDAGraph`` of ``graph_steps`` steps (the
   position advanced on the device) and replayed, so the host launches nothing per sample.
 
+The cache checks its buffers' shapes once per ``reset``, the uniforms once per ``draw`` and
+the pushed levels at each ``push``; its steps then run the op's unchecked entry, so a step
+reads nothing back from the device (no synchronisation).
+
 Departure from the paper: each layer keeps its own input history rather than pushing its
 output into the next layer's queue (the same data).
 """
@@ -28,12 +32,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from artrt import backends
+from artrt.ops._checks import check_range
 from artrt.ops.wavenet_step import (
     WaveNetStepWeights,
     _check,
     _cuda_launch,
+    _wavenet_step_unchecked,
     pack_wavenet_step_weights,
-    wavenet_step,
 )
 from artrt.sampling.cache import ARCache
 
@@ -120,6 +125,9 @@ class WaveNetCache(ARCache):
             if values is not None:
                 self._cond_store.copy_(values)
             self.state.zero_()
+        # the steps skip the op's checks: its shapes once here (no host read)
+        _check(self.weights, self.state, self.tokens, self.u, 0, self.cond_table, 0,
+               self._logits_buf)
         self._run(0, self._logits_buf)
 
     def rings(self) -> list[torch.Tensor]:
@@ -133,9 +141,11 @@ class WaveNetCache(ARCache):
         return out
 
     def _run(self, t: int, logits: torch.Tensor | None = None) -> None:
-        """The step op at position t (reading tokens[:, t-1], writing tokens[:, t])."""
-        wavenet_step(self.weights, self.state, self.tokens, self.u, t, self.cond_table,
-                     logits=logits)
+        """The step op at position t (reading tokens[:, t-1], writing tokens[:, t]), through
+        its unchecked entry: the buffers are the cache's own, checked at reset, tokens hold
+        pushed (checked) or drawn levels and u checked uniforms, so no host read."""
+        _wavenet_step_unchecked(self.weights, self.state, self.tokens, self.u, t,
+                                self.cond_table, logits=logits)
 
     # ----------------------------------------------------------------------- protocol
 
@@ -162,7 +172,7 @@ class WaveNetCache(ARCache):
         step op alone, without the per-step protocol checks; CUDA graphs when enabled and
         available. Returns the samples (B, *shape) int64; the cache is left done (``reset``
         before using the protocol again). Gives the same samples as the protocol loop with
-        ``inverse_cdf``."""
+        ``inverse_cdf``. u is checked once (one host read), the steps read nothing back."""
         name = f"{type(self).__name__}.draw"
         shape = (self.batch_size, *self.model.shape)
         if not isinstance(u, torch.Tensor) or u.dtype != torch.float32 \
@@ -172,6 +182,13 @@ class WaveNetCache(ARCache):
                              f"{tuple(getattr(u, 'shape', ()))}")
         if u.device != self.device:
             raise ValueError(f"{name}: u is on {u.device}, the cache on {self.device}")
+        check_range(name, "u", u, 0.0, 1.0)  # NaN is out of range too
+        return self._draw(u, progress, desc)
+
+    def _draw(self, u: torch.Tensor, progress: bool = False, desc: str = "WaveNet"
+              ) -> torch.Tensor:
+        """:meth:`draw` on checked uniforms (``WaveNet.sample`` checked them)."""
+        shape = (self.batch_size, *self.model.shape)
         b = self.batch_size
         self.u.copy_(u.reshape(b, -1)[:, self.order])  # generation order
         self.state.zero_()
