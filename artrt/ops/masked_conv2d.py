@@ -118,19 +118,20 @@ def _colour_centre(x: torch.Tensor, w_centre: torch.Tensor, mask_type: str,
     channels it may not see are replaced by zeros (not multiplied by 0: x may hold NaN).
     x (B, Cin, H, W), w_centre (Cout, Cin). Returns (B, Cout, H, W).
     """
-    copies, w = _colour_centre_operands(x, w_centre, mask_type, color_groups)
+    copies, w, _ = _colour_centre_operands(x, w_centre, mask_type, color_groups)
     return F.conv2d(copies, w, groups=color_groups)
 
 
 def _colour_centre_operands(x, w_centre, mask_type, color_groups):
-    """(the copies of x (B, G Cin, H, W), the masked weight (Cout, Cin, 1, 1)) of
-    :func:`_colour_centre`."""
+    """(the copies of x (B, G Cin, H, W), the masked weight (Cout, Cin, 1, 1), the mask
+    (Cout, Cin) bool) of :func:`_colour_centre`."""
     cout, cin = w_centre.shape
     allowed = tap_mask((cout, cin, 1, 1), 0, 0, mask_type, color_groups, x.device,
                        torch.bool)[:, :, 0, 0]  # (Cout, Cin)
     visible = allowed[::cout // color_groups]  # (G, Cin): what each output group sees
     copies = torch.where(visible[None, :, :, None, None], x[:, None], 0)  # (B, G, Cin, H, W)
-    return copies.flatten(1, 2), torch.where(allowed, w_centre, 0)[:, :, None, None]
+    return (copies.flatten(1, 2), torch.where(allowed, w_centre, 0)[:, :, None, None],
+            allowed)
 
 
 def tap_conv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -250,11 +251,16 @@ def _colour_centre_backward(grad: torch.Tensor, x: torch.Tensor, w_centre: torch
                             mask_type: str, color_groups: int
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx (B, Cin, H, W), dw_centre (Cout, Cin)) of :func:`_colour_centre` for ``grad``
-    (B, Cout, H, W); zero for the pairs the mask cuts."""
-    copies, w = _colour_centre_operands(x, w_centre, mask_type, color_groups)
+    (B, Cout, H, W); zero for the pairs the mask cuts, selected rather than computed: a NaN
+    in ``grad`` of output group g reaches only the input channels g sees and the weight
+    entries the mask keeps, as in the forward."""
+    copies, w, allowed = _colour_centre_operands(x, w_centre, mask_type, color_groups)
+    visible = allowed[::allowed.shape[0] // color_groups]  # (G, Cin)
     dcopies = torch.nn.grad.conv2d_input(copies.shape, w, grad, groups=color_groups)
     dw = torch.nn.grad.conv2d_weight(copies, w.shape, grad, groups=color_groups)
-    return dcopies.unflatten(1, (color_groups, x.shape[1])).sum(1), dw[:, :, 0, 0]
+    dcopies = dcopies.unflatten(1, (color_groups, x.shape[1]))
+    dcopies = torch.where(visible[None, :, :, None, None], dcopies, 0)
+    return dcopies.sum(1), torch.where(allowed, dw[:, :, 0, 0], 0)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -477,8 +483,11 @@ _RECT_BACKWARD_TAPS = 25
 
 def _cpu_backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups, need_x,
                   need_w):
-    """The cpu backend's (dx, dweight, dcond), each one dense aten convolution with the masked
-    weight (masked entries selected to 0, not multiplied). dx is, as in the reference, the
+    """The cpu backend's (dx, dweight, dcond): from 25 taps on, or when ``grad_out`` holds a
+    NaN or an infinity (seen in its sum dcond; a dense convolution would carry it through the
+    masked entries' zeros to inputs the output cannot see), the reference's live rectangles;
+    otherwise each one dense aten convolution with the masked weight (masked entries selected
+    to 0, not multiplied). dx is, as in the reference, the
     forward convolution of the zero-padded upstream gradient with the mirrored weight (a NaN
     weight entry meets that padding); dweight is aten's ``convolution_backward`` on x padded
     as the forward reads it, selected to 0 at the masked entries (only the live taps' sums of
@@ -493,7 +502,8 @@ def _cpu_backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_group
                 torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w
                 else dw, dcond)
     kh, kw = weight.shape[2:]
-    if mask_type != "none" and kh * kw >= _RECT_BACKWARD_TAPS:
+    if mask_type != "none" and (kh * kw >= _RECT_BACKWARD_TAPS
+                                or not bool(torch.isfinite(dcond).all())):
         dx, dw, dcond = tap_conv2d_backward_ref(grad_out, x, weight, pad_top, pad_left,
                                                 mask_type, color_groups)
         return (dx.contiguous() if need_x else x.new_empty(0),
@@ -608,15 +618,49 @@ def _backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups,
 
     g = grad_out.contiguous()
     dx, dw = x.new_empty(0), weight.new_empty(0)
-    if need_x:
+    if need_x and (mask_type == "none" or color_groups == 1):
         packed_t, taps_t = pack_weight(weight, pad_top, pad_left, mask_type, color_groups,
                                        transpose=True)
         dx, _ = tap_conv_fwd(g, packed_t, taps_t)
+    elif need_x:
+        dx = _colour_input_grad(g, weight, pad_top, pad_left, mask_type, color_groups)
     if need_w:
         _, taps = pack_weight(weight, pad_top, pad_left, mask_type, color_groups)
         dw = unpack_weight_grad(tap_conv_wgrad(x, g, taps), weight, pad_top, pad_left,
                                 mask_type, color_groups)
     return dx, dw, g.sum((2, 3), dtype=acc_dtype(g.dtype))
+
+
+def _colour_input_grad(g, weight, pad_top, pad_left, mask_type, color_groups):
+    """dx of a colour-masked convolution on the triton backend: the taps before the centre
+    transposed, and the centre as the kernel's second input, as in the forward.
+
+    The kernel feeds input group q into output groups >= q + shift only, while the centre's
+    transpose feeds grad_out's group go into dx's groups <= go - shift: with the group order
+    reversed on both sides (grad_out's channels, the output columns) it is the kernel's
+    rule. So a NaN in grad_out of group go reaches only the channels go sees, as in the
+    forward, not every channel through the masked entries' zeros."""
+    from artrt.kernels.masked_conv2d import tap_conv_fwd
+
+    bsz, cout, height, width = g.shape
+    cin = weight.shape[1]
+    groups = color_groups
+
+    def reverse(t, dim):  # the channel groups along dim in reverse order
+        shape = t.shape
+        t = t.unflatten(dim, (groups, shape[dim] // groups)).flip(dim)
+        return t.flatten(dim, dim + 1)
+
+    packed_t, taps_t = pack_weight(weight, pad_top, pad_left, "A", 1, transpose=True)
+    allowed = tap_mask(weight.shape, pad_top, pad_left, mask_type, color_groups,
+                       weight.device, torch.bool)[:, :, pad_top, pad_left]
+    centre = torch.where(allowed, weight[:, :, pad_top, pad_left], 0)  # (Cout, Cin)
+    dx_rev, _ = tap_conv_fwd(g, reverse(packed_t, 2).contiguous(), taps_t,
+                             x2=reverse(g, 1).contiguous(),
+                             w2_packed=reverse(reverse(centre, 0), 1).contiguous()[None],
+                             taps2=_taps_tensor(((0, 0),), g.device), groups2=groups,
+                             shift2=int(mask_type == "A"))
+    return reverse(dx_rev, 1).contiguous()
 
 
 # --------------------------------------------------------------------------- torch.library ops

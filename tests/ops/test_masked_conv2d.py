@@ -431,6 +431,42 @@ def test_nonfinite_pixel_reaches_exactly_the_outputs_that_see_it(backend, case, 
 @NONFINITE_OK
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_nonfinite_grad_reaches_exactly_what_the_output_sees(backend, case, bad):
+    """grad_out[b, o, i, j] NaN or inf: dx non-finite exactly at the inputs that output reads
+    through its kept taps (with colour groups, at the centre only the channels its group may
+    see: not every channel through the masked entries' zeros), dw exactly at the kept entries
+    of row o that meet an input inside the image, dbias at o and dcond at (b, o); the forward
+    untouched. Every backend, the reference too (each path that a dense convolution with the
+    masked weight would take gets this wrong)."""
+    fn, (kh, kw), pad_top, pad_left, mask = conv_case(case, 9, 6)
+    x, wt, bias, cond, grad = make(2, 6, 9, 5, 7, kh, kw)
+    b, o, i, j = 1, 4, 2, 3  # channel 4: the second colour group of three
+    grad[b, o, i, j] = bad
+    out, dx, dw, db, dc = run(fn, x, wt, bias, cond, grad, backend=backend)
+    want_dx = torch.zeros(dx.shape, dtype=torch.bool)
+    want_dw = torch.zeros(dw.shape, dtype=torch.bool)
+    for r in range(kh):
+        for s in range(kw):
+            i2, j2 = i + r - pad_top, j + s - pad_left
+            if 0 <= i2 < 5 and 0 <= j2 < 7:
+                want_dx[b, :, i2, j2] |= mask[o, :, r, s] != 0
+                want_dw[o, :, r, s] = mask[o, :, r, s] != 0
+    assert want_dx.any() and want_dw.any()
+    assert torch.isfinite(out).all()
+    assert torch.equal(~torch.isfinite(dx).cpu(), want_dx)
+    assert torch.equal(~torch.isfinite(dw).cpu(), want_dw)
+    want_b = torch.zeros(db.shape, dtype=torch.bool)
+    want_b[o] = True
+    assert torch.equal(~torch.isfinite(db).cpu(), want_b)
+    want_c = torch.zeros(dc.shape, dtype=torch.bool)
+    want_c[b, o] = True
+    assert torch.equal(~torch.isfinite(dc).cpu(), want_c)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_nan_in_a_live_weight_entry(backend, case):
     """A NaN in a kept weight entry (o, c, r, s): NaN in every output of channel o (the tap
     reads x or the zero padding) and in every input gradient of channel c (the gradient is
