@@ -30,12 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
-from artrt.ops.gated import ACT_TANH, gated_backward_ref, gated_tanh_ref
+from artrt.ops.gated import ACT_TANH, gated_backward_ref, gated_tanh, gated_tanh_ref
+from artrt.ops.gated import _cpu_backward as gated_cpu_backward
+from artrt.ops.gated import _cpu_forward as gated_cpu_forward
 
 MAX_KERNEL_SIZE = 8
 
-# Backends of these ops on CUDA tensors, fastest first (provisional until measured on a GPU).
-PREFERENCE = ("triton", "reference")
+# Backends of these ops on CUDA tensors, fastest first (provisional until measured on a GPU);
+# CPU tensors take "cpu" (see artrt.backends.select).
+PREFERENCE = ("triton", "cpu", "reference")
 
 
 # --------------------------------------------------------------------------- reference
@@ -269,6 +272,61 @@ def _register_double_backward(op, backward_ref, n_tensor_args: int):
     op.register_autograd(backward, setup_context=setup_context)
 
 
+# --------------------------------------------------------------------------- cpu backend
+#
+# The formula of the reference (``F.conv1d`` of x padded on the left, every tap, so a NaN
+# weight meets the padding as there) in aten ops, called without the dispatcher where no
+# gradient is recorded (eager, plain CPU tensors, see artrt.backends.direct_call); the
+# backward is the reference's (aten convolutions) and the gate's fused ``glu_backward``
+# (artrt.ops.gated).
+
+
+def _cpu_conv(x, weight, bias, dilation, residual=None):
+    """The cpu backend's causal_conv1d: (B, Cout, T) contiguous; bias (Cout,) or (B, Cout)."""
+    bsz, _, t_len = x.shape
+    cout, _, k = weight.shape
+    b1 = bias if bias is None or bias.dim() == 1 else None
+    if x.numel() == 0 or weight.numel() == 0:
+        y = x.new_zeros((bsz, cout, t_len))
+        if b1 is not None:
+            y = y + b1[:, None]
+    else:
+        d = effective_dilation(dilation, t_len)
+        pad = (k - 1) * d
+        y = F.conv1d(F.pad(x, (pad, 0)) if pad else x, weight, b1, dilation=d)
+    if bias is not None and b1 is None:
+        y = y + bias[:, :, None]
+    if residual is not None:
+        r = residual.shape[1]
+        y = y + residual if r == cout else torch.cat([y[:, :r] + residual, y[:, r:]], 1)
+    return y if y.is_contiguous() else y.contiguous()
+
+
+def _cpu_preact(x, weight, bias, cond, cond_weight, dilation):
+    """z = conv(x) + bias + cond_weight @ cond: (B, 2G, T), as :func:`_preact_ref`."""
+    z = _cpu_conv(x, weight, bias, dilation)
+    if cond is not None:
+        z = z + _cpu_conv(cond, cond_weight, None, 1)
+    return z
+
+
+def _cpu_training(x, tensors, backend) -> bool:
+    """Whether a call that records a gradient runs on the cpu backend (eager, plain CPU
+    tensors: see artrt.backends.direct_call)."""
+    return backends.direct_call(*tensors) and backends.select(
+        "wavenet_gate", x.device, x.dtype, backend, PREFERENCE) == "cpu"
+
+
+def _cpu_direct(x, tensors, backend) -> bool:
+    """Whether the public function runs the cpu backend directly (arguments checked): where
+    no gradient is recorded (aten's own conv backward would skip the padding that a NaN
+    weight meets in the reference's input gradient; training goes through the op)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return backends.direct_call(*tensors) and backends.select(
+        "causal_conv1d", x.device, x.dtype, backend, PREFERENCE) == "cpu"
+
+
 # --------------------------------------------------------------------------- causal_conv1d op
 
 @torch.library.custom_op("artrt::causal_conv1d", mutates_args=())
@@ -278,6 +336,8 @@ def _causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """The op behind causal_conv1d; see it for shapes."""
     _check_causal_conv1d(x, weight, bias, residual, dilation)
     name = backends.select("causal_conv1d", x.device, x.dtype, backend, PREFERENCE)
+    if name == "cpu":
+        return _cpu_conv(x, weight, bias, dilation, residual)
     if name == "reference":
         return causal_conv1d_ref(x, weight, bias, dilation, residual).contiguous()
     from artrt.kernels.causal_conv1d import causal_conv1d_fwd
@@ -299,7 +359,7 @@ def _causal_conv1d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, weight: 
     _check_conv(x, weight, dilation, "causal_conv1d backward")
     _check_grad(grad_out, x, (x.shape[0], weight.shape[0], x.shape[2]), "causal_conv1d backward")
     name = backends.select("causal_conv1d backward", x.device, x.dtype, backend, PREFERENCE)
-    if name == "reference":
+    if name in ("cpu", "reference"):  # aten convolutions already; dx as documented there
         dx, dw = causal_conv1d_backward_ref(grad_out, x, weight, dilation)
         return dx.contiguous(), dw.contiguous()
     from artrt.kernels.causal_conv1d import causal_conv1d_bwd_input, causal_conv1d_bwd_weight
@@ -361,6 +421,9 @@ def _wavenet_gate_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """The op behind wavenet_gate; see it for shapes."""
     _check_wavenet_gate(x, weight, bias, cond, cond_weight, dilation)
     name = backends.select("wavenet_gate", x.device, x.dtype, backend, PREFERENCE)
+    if name == "cpu":
+        return gated_cpu_forward(_cpu_preact(x, weight, bias, cond, cond_weight, dilation),
+                                 None, 1, ACT_TANH)
     if name == "reference":
         return wavenet_gate_ref(x, weight, bias, cond, cond_weight, dilation).contiguous()
     from artrt.kernels.causal_conv1d import wavenet_gate_fwd
@@ -385,6 +448,9 @@ def _wavenet_gate_backward_op(grad_h: torch.Tensor, x: torch.Tensor, weight: tor
     _check_grad(grad_h, x, (x.shape[0], weight.shape[0] // 2, x.shape[2]),
                 "wavenet_gate backward")
     name = backends.select("wavenet_gate backward", x.device, x.dtype, backend, PREFERENCE)
+    if name == "cpu":
+        return gated_cpu_backward(grad_h, _cpu_preact(x, weight, bias, cond, cond_weight,
+                                                      dilation), None, 1, ACT_TANH)
     if name == "reference":
         return wavenet_gate_backward_ref(grad_h, x, weight, bias, cond, cond_weight,
                                          dilation).contiguous()
@@ -453,15 +519,19 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             the same convolution as d = T, which is what runs).
         residual: optional (B, R, T) with R <= Cout, added to output channels [0, R) in the
             kernel's epilogue (WaveNet's residual connection with a joint residual/skip 1x1).
-        backend: force ``"reference"`` or ``"triton"``; ``None`` follows
-            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available.
+        backend: force ``"reference"``, ``"cpu"`` or ``"triton"``; ``None`` follows
+            ``artrt.use_backend`` / ``ARTRT_BACKEND``, else the fastest available
+            (``cpu`` for CPU tensors).
 
     Returns:
         (B, Cout, T) contiguous tensor of x's dtype. Differentiable in every tensor argument.
     """
     _check_causal_conv1d(x, weight, bias, residual, dilation)
+    backend = backends.requested(backend)
+    if _cpu_direct(x, (x, weight, bias, residual), backend):
+        return _cpu_conv(x, weight, bias, dilation, residual)
     return _causal_conv1d_op(x, weight, bias, residual, effective_dilation(dilation, x.shape[2]),
-                             backends.requested(backend))
+                             backend)
 
 
 def wavenet_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -484,5 +554,22 @@ def wavenet_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         (B, G, T) contiguous tensor of x's dtype. Differentiable in every tensor argument.
     """
     _check_wavenet_gate(x, weight, bias, cond, cond_weight, dilation)
+    backend = backends.requested(backend)
+    tensors = (x, weight, bias, cond, cond_weight)
+    if _cpu_direct(x, tensors, backend):
+        return gated_cpu_forward(_cpu_preact(x, weight, bias, cond, cond_weight, dilation),
+                                 None, 1, ACT_TANH)
+    if _cpu_training(x, tensors, backend):
+        # Training on the cpu backend: z saved by the convolution ops (their backward the
+        # reference's) and the gate by artrt.ops.gated's fused cpu path; the op would
+        # recompute z in its backward (measured B32 32->64 T784: 1.23x plain, this ~1x).
+        d = effective_dilation(dilation, x.shape[2])
+        b1 = bias if bias is None or bias.dim() == 1 else None
+        z = _causal_conv1d_op(x, weight, b1, None, d, "cpu")
+        if bias is not None and b1 is None:
+            z = z + bias[:, :, None]
+        if cond is not None:
+            z = z + _causal_conv1d_op(cond, cond_weight, None, None, 1, "cpu")
+        return gated_tanh(z, backend="cpu")
     return _wavenet_gate_op(x, weight, bias, cond, cond_weight,
-                            effective_dilation(dilation, x.shape[2]), backends.requested(backend))
+                            effective_dilation(dilation, x.shape[2]), backend)

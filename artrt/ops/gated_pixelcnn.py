@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops import gated as _gated
 from artrt.ops.gated import ACT_TANH, gated_backward_ref, gated_tanh_ref
 from artrt.ops.masked_conv2d import (
-    PREFERENCE,
     _check,
+    _cpu_backward,
+    _cpu_forward,
     _taps_tensor,
     _tensor,
     acc_dtype,
@@ -37,6 +39,9 @@ from artrt.ops.masked_conv2d import (
     tap_conv2d_ref,
     unpack_weight_grad,
 )
+
+# triton where it runs, else the cpu backend (aten convolutions over the live taps)
+PREFERENCE = ("triton", "cpu", "reference")
 
 _LINK_TAPS = ((-1, 0),)  # the link reads v_pre one row up
 _LINK_TAPS_T = ((1, 0),)  # and its input gradient writes one row down
@@ -144,7 +149,20 @@ def _pack_link(link_weight: torch.Tensor, transpose: bool = False):
     return packed, _taps_tensor(_LINK_TAPS_T if transpose else _LINK_TAPS, w.device)
 
 
+def _cpu_link(link_x, link_weight):
+    """link(shift_down(link_x)) (B, 2C, H, W) by aten: a 1x1 convolution (an einsum when a
+    dimension is empty, which F.conv2d mis-shapes or refuses)."""
+    if link_x.numel() == 0 or link_weight.numel() == 0:
+        return torch.einsum("bchw,oc->bohw", link_x, link_weight[:, :, 0, 0])
+    return F.conv2d(_shift_down(link_x), link_weight)
+
+
 def _forward(x, weight, bias, cond, link_x, link_weight, pad_top, pad_left, mask_type, name):
+    if name == "cpu":
+        pre = _cpu_forward(x, weight, bias, cond, None, pad_top, pad_left, mask_type, 1)
+        if link_x is not None:
+            pre = pre + _cpu_link(link_x, link_weight)
+        return _gated._cpu_forward(pre, None, 1, ACT_TANH), pre.contiguous()
     if name == "reference":
         out, pre = gated_tap_conv2d_ref(x, weight, bias, cond, link_x, link_weight, pad_top,
                                         pad_left, mask_type)
@@ -174,6 +192,20 @@ def _backward(grad_out, grad_pre, x, weight, pre, link_x, link_weight, pad_top, 
         return (dx.contiguous() if need_x else empty(), dw.contiguous() if need_w else empty(),
                 dcond, dlx.contiguous() if need_lx else empty(),
                 dlw.contiguous() if need_lw else empty())
+    if name == "cpu":
+        dpre = _gated._cpu_backward(grad_out, pre, None, 1, ACT_TANH)
+        if grad_pre is not None:
+            dpre = dpre + grad_pre
+        dx, dw, dcond = _cpu_backward(dpre, x, weight, pad_top, pad_left, mask_type, 1,
+                                      need_x, need_w)
+        dlx, dlw = empty(), empty()
+        if need_lw:
+            dlw = torch.einsum("bchw,bohw->oc", _shift_down(link_x), dpre)[:, :, None, None]
+            dlw = dlw.contiguous()
+        if need_lx:
+            dshifted = torch.einsum("oc,bohw->bchw", link_weight[:, :, 0, 0], dpre)
+            dlx = F.pad(dshifted, (0, 0, 0, 1))[:, :, 1:].contiguous()
+        return dx, dw, dcond, dlx, dlw
     from artrt.kernels.gated import gated_bwd
     from artrt.kernels.masked_conv2d import tap_conv_fwd, tap_conv_wgrad
 

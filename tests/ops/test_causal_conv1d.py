@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import artrt.kernels.causal_conv1d as kconv
 import pytest
 import torch
@@ -19,6 +21,8 @@ from artrt.ops.causal_conv1d import (
 from artrt.ops.gated import gated_tanh_ref
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
 from tests.ops.common import assert_backward_uses_forward_backend, no_launch
+
+CPU = ["cpu"] if DEVICE == "cpu" else []  # the cpu backend, on the tensors these tests make
 
 # (B, Cin, Cout, T, K, dilation): odd lengths 1, 7, 33; channels 3, 5, 129; K 1..8; dilations
 # from 1 to 64 (a receptive field longer than the sequence).
@@ -166,7 +170,7 @@ def test_gate_gradcheck_reference(bias):
 # --------------------------------------------------------------------------- kernels
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 @pytest.mark.parametrize("bias,res", [(True, 0), (False, 2)])
 def test_kernel_matches_reference(backend, shape, bias, res):
@@ -179,7 +183,7 @@ def test_kernel_matches_reference(backend, shape, bias, res):
     assert_all_close(got, want, CONV_NAMES)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("layout", ["strided", "permuted"])
 def test_kernel_non_contiguous(backend, layout):
     """x, weight, residual and the upstream gradient all read through their strides."""
@@ -192,7 +196,7 @@ def test_kernel_non_contiguous(backend, layout):
     assert_all_close(got, want, CONV_NAMES)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("shape", GATE_SHAPES)
 @pytest.mark.parametrize("bias,cond", [("vector", True), ("per_sample", False), (None, True)])
 def test_gate_kernel_matches_reference(backend, shape, bias, cond):
@@ -204,7 +208,7 @@ def test_gate_kernel_matches_reference(backend, shape, bias, cond):
     assert_all_close(got, want, GATE_NAMES)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 def test_gate_kernel_non_contiguous(backend):
     d = 2
     x, w, b, c, wc, grad = gate_inputs(2, 5, 6, 33, 3, d, 3)
@@ -217,7 +221,7 @@ def test_gate_kernel_non_contiguous(backend):
     assert_all_close(got, want, GATE_NAMES)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_low_precision(backend, dtype):
     d = 2
@@ -235,7 +239,7 @@ def test_kernel_low_precision(backend, dtype):
             assert_close_lowp(g, lp, f, f"{op} {dtype} {what}")
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 def test_kernel_empty_and_extremes(backend):
     x = torch.empty(0, 3, 5, device=DEVICE)
     w = torch.randn(4, 3, 2, device=DEVICE)
@@ -253,7 +257,7 @@ def test_kernel_empty_and_extremes(backend):
 HUGE_DILATIONS = [2**31 - 1, 2**31, 2**40, 2**64]
 
 
-@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("backend", ["reference", *CPU, *kernel_backends()])
 @pytest.mark.parametrize("d", HUGE_DILATIONS)
 def test_huge_dilation(backend, d):
     """d >= T: every tap but the last reads only the zero padding, so y[t] = w[:, :, K-1]
@@ -276,7 +280,7 @@ def test_huge_dilation(backend, d):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("backend", ["reference", *CPU, *kernel_backends()])
 @pytest.mark.parametrize("op", ["conv", "gate"])
 def test_nan_in_a_weight_entry(backend, op):
     """w[o, c, 0] NaN: NaN in every output of channel o (the tap reads x or the zero padding;
@@ -308,7 +312,7 @@ def naive_wavenet_gate(x, w, bias, c, wc, d):
                           + torch.einsum("oc,bct->bot", wc[:, :, 0], c))
 
 
-@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("backend", ["reference", *CPU, *kernel_backends()])
 @pytest.mark.parametrize("empty", ["B", "Cin", "Cout", "T", "Cc"])
 def test_empty_dimensions(backend, empty):
     """Each of B, Cin (R), Cout (2G), T and Cc (the gate's conditioning channels) empty in
@@ -370,7 +374,7 @@ def perturbation_support(fn, x):
     return support
 
 
-@pytest.mark.parametrize("backend", ["reference", *kernel_backends()])
+@pytest.mark.parametrize("backend", ["reference", *CPU, *kernel_backends()])
 @pytest.mark.parametrize("k,d", [(2, 1), (3, 4), (8, 2), (1, 5), (3, 2**31 - 1)])
 @pytest.mark.parametrize("op", ["conv", "gate"])
 def test_causality(backend, k, d, op):
@@ -395,11 +399,56 @@ def test_causality(backend, k, d, op):
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_default_backend_on_cpu_is_reference(monkeypatch):
+def test_default_backend_on_cpu_is_cpu(monkeypatch):
+    """No backend forced, CPU tensors: the cpu backend (by the direct path and the op)."""
+    cc = sys.modules["artrt.ops.causal_conv1d"]  # artrt.ops.causal_conv1d is the function
+    calls = []
+    orig = cc._cpu_conv
+    monkeypatch.setattr(cc, "_cpu_conv", lambda *a: (calls.append(1), orig(*a))[1])
     x, w, b, _, _ = conv_inputs(2, 3, 4, 7, 2, 1, device="cpu")
     with no_launch(monkeypatch, kconv, "causal_conv1d_fwd", "wavenet_gate_fwd"):
-        torch.testing.assert_close(causal_conv1d(x, w, b), causal_conv1d_ref(x, w, b))
-        torch.testing.assert_close(wavenet_gate(x, w, b), wavenet_gate_ref(x, w, b))
+        for path in ("direct", "op"):
+            if path == "op":
+                monkeypatch.setattr(backends, "direct_call", lambda *t: False)
+            calls.clear()
+            torch.testing.assert_close(causal_conv1d(x, w, b), causal_conv1d_ref(x, w, b))
+            torch.testing.assert_close(wavenet_gate(x, w, b), wavenet_gate_ref(x, w, b))
+            assert len(calls) == 2, path
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("path", ["direct", "op"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 3, 2), (1, 4, 4, 1, 4, 1), (3, 2, 3, 33, 1, 1),
+                                   (1, 3, 3, 5, 2, 1000)])
+def test_cpu_matches_reference_fp64(shape, path, monkeypatch):
+    """Forward and every gradient in float64 by both paths into the cpu backend: T = 1,
+    K = 1, dilation past T, residual on part of the channels, per-sample bias in the gate."""
+    if path == "op":
+        monkeypatch.setattr(backends, "direct_call", lambda *t: False)
+    b, cin, cout, t, k, d = shape
+    x, w, bias, r, grad = conv_inputs(b, cin, cout, t, k, d, res=cout - 1, dtype=torch.float64)
+    want = run(conv_call, (x, w, bias, r, d), grad, backend="reference")
+    got = run(conv_call, (x, w, bias, r, d), grad, backend="cpu")
+    assert_all_close(got, want, ("out", "dx", "dw", "db", "dr"), atol=1e-12, rtol=1e-12)
+    x, w, bias, c, wc, grad = gate_inputs(b, cin, cout, t, k, d, 2, dtype=torch.float64)
+    bias = torch.randn(b, 2 * cout, dtype=torch.float64)
+    want = run(wavenet_gate, (x, w, bias, c, wc, d), grad, backend="reference")
+    got = run(wavenet_gate, (x, w, bias, c, wc, d), grad, backend="cpu")
+    assert_all_close(got, want, ("out", "dx", "dw", "db", "dc", "dwc"), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("path", ["direct", "op"])
+def test_cpu_gradgradcheck(path, monkeypatch):
+    if path == "op":
+        monkeypatch.setattr(backends, "direct_call", lambda *t: False)
+    x, w, b, r, _ = conv_inputs(1, 2, 3, 5, 2, 2, res=2, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b, r))
+    assert torch.autograd.gradgradcheck(
+        lambda *a: causal_conv1d(*a[:3], 2, residual=a[3], backend="cpu"), inputs)
+    x, w, b, c, wc, _ = gate_inputs(1, 2, 2, 5, 2, 3, 2, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b, c, wc))
+    assert torch.autograd.gradgradcheck(lambda *a: wavenet_gate(*a, 3, backend="cpu"), inputs)
 
 
 def test_backward_uses_forward_backend(monkeypatch):
@@ -487,7 +536,7 @@ def test_bad_grad():
 # --------------------------------------------------------------------------- torch.library
 
 
-OPCHECK_BACKENDS = ["reference", *kernel_backends()]
+OPCHECK_BACKENDS = ["reference", *CPU, *kernel_backends()]
 
 
 @pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
@@ -505,7 +554,7 @@ def test_opcheck(backend):
                           (grad, *(t.detach() for t in args), d, backend))
 
 
-@pytest.mark.parametrize("backend", [None, *kernel_backends()])
+@pytest.mark.parametrize("backend", [None, *CPU, *kernel_backends()])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     d = 2

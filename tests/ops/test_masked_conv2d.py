@@ -3,6 +3,8 @@ F.conv2d with the masked weight / explicit shifts, forward and every gradient, e
 
 from __future__ import annotations
 
+import sys
+
 import artrt.kernels.masked_conv2d as kmc
 import pytest
 import torch
@@ -23,6 +25,8 @@ from artrt.ops.masked_conv2d import (
 )
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
 from tests.ops.common import assert_backward_uses_forward_backend, no_launch
+
+CPU = ["cpu"] if DEVICE == "cpu" else []  # the cpu backend, on the tensors these tests make
 
 SHIFTED = {
     "down": (down_shifted_conv2d, down_shifted_conv2d_ref),
@@ -162,7 +166,7 @@ MASKED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("case", MASKED_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kernel_masked_matches_reference(backend, case):
     b, cin, cout, h, w, k, mask_type, groups = case
@@ -175,7 +179,7 @@ def test_kernel_masked_matches_reference(backend, case):
     assert torch.all(got[2][dead] == 0), "masked weight entries must get zero gradient"
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("kind", SHIFTED)
 @pytest.mark.parametrize("kernel,shape", [((2, 3), (2, 5, 6, 7, 9)), ((2, 2), (1, 3, 129, 1, 5)),
                                           ((3, 5), (2, 4, 5, 5, 4)), ((1, 1), (1, 3, 4, 2, 3))])
@@ -188,7 +192,7 @@ def test_kernel_shifted_matches_reference(backend, kind, kernel, shape):
     assert_all_close(got, want)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("layout", ["strided", "permuted"])
 def test_kernel_non_contiguous(backend, layout):
     x, wt, bias, cond, grad = make(3, 6, 6, 5, 7, 3, 3)
@@ -203,7 +207,7 @@ def test_kernel_non_contiguous(backend, layout):
     assert_all_close(got, want)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_low_precision(backend, dtype):
     x, wt, bias, cond, grad = make(2, 6, 9, 7, 5, 5, 5, dtype=dtype)
@@ -216,7 +220,7 @@ def test_kernel_low_precision(backend, dtype):
         assert_close_lowp(g, lp, f, f"{dtype} {what}")
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 def test_kernel_partial_grads_and_residual(backend):
     """Only the weight needs a gradient (first layer: the image does not); the residual
     input of the op is fused into the epilogue and gets the upstream gradient."""
@@ -233,15 +237,101 @@ def test_kernel_partial_grads_and_residual(backend):
     torch.testing.assert_close(dr, grad)
 
 
-@pytest.mark.parametrize("backend", kernel_backends())
+@pytest.mark.parametrize("backend", [*CPU, *kernel_backends()])
 def test_kernel_empty_batch(backend):
     x, wt, bias, cond, _ = make(0, 3, 6, 5, 4, 3, 3)
     assert masked_conv2d(x, wt, bias, "A", 3, cond, backend=backend).shape == (0, 6, 5, 4)
 
 
+# --------------------------------------------------------------------------- cpu backend
+
+
+def _cpu_call(fn, path, monkeypatch):
+    """``fn`` on the cpu backend by ``path``: ``direct`` (the public function's eager call,
+    skipping the dispatcher) or ``op`` (through the torch.library op, as compile runs it)."""
+    if path == "op":
+        monkeypatch.setattr(backends, "direct_call", lambda *t: False)
+    return lambda *a: fn(*a, backend="cpu")
+
+
+CPU_CASES = [*MASKED_CASES, (2, 6, 6, 1, 1, 3, "B", 3), (1, 4, 5, 1, 1, 5, "A", 1),
+             (2, 3, 3, 2, 9, 7, "B", 1), (1, 3, 3, 9, 1, 7, "A", 3)]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("path", ["direct", "op"])
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cpu_matches_reference_fp64(case, path, monkeypatch):
+    """Forward and every gradient in float64, the reference's to rounding: images smaller
+    than the kernel (1 x 1: only the centre tap reaches a pixel; 2 x 9, 9 x 1), colour groups,
+    both masks, by both paths into the cpu backend."""
+    b, cin, cout, h, w, k, mask_type, groups = case
+    x, wt, bias, cond, grad = make(b, cin, cout, h, w, k, k, dtype=torch.float64)
+    want = run(masked_ref(mask_type, groups), x, wt, bias, cond, grad)
+    got = run(_cpu_call(masked(mask_type, groups), path, monkeypatch), x, wt, bias, cond, grad)
+    assert_all_close(got, want, atol=1e-12, rtol=1e-12)
+    for kind, kernel in (("down", (2, 3)), ("down_right", (2, 2)), ("down", (3, 1))):
+        fn, ref = SHIFTED[kind]
+        x, wt, bias, cond, grad = make(b, cin, cout, h, w, *kernel, dtype=torch.float64)
+        assert_all_close(run(_cpu_call(fn, path, monkeypatch), x, wt, bias, cond, grad),
+                         run(ref, x, wt, bias, cond, grad), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (2, 1)])
+@pytest.mark.parametrize("kind,kernel,tap", [("B", 3, (0, 0)), ("A", 5, (2, 0)),
+                                             ("down", (2, 3), (1, 0)),
+                                             ("down_right", (2, 2), (0, 0))])
+def test_cpu_image_smaller_than_kernel(kind, kernel, tap, hw):
+    """An image smaller than the kernel runs only the taps that reach it, but a NaN in a live
+    weight entry that reads only the zero padding still gives NaN, as in the reference (found
+    by tests/test_fuzz.py: a 1 x 1 image, down_shifted_conv2d)."""
+    fn = SHIFTED[kind][0] if kind in SHIFTED else masked(kind, 1)
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    x, wt, bias, cond, grad = make(2, 3, 4, *hw, kh, kw)
+    assert_all_close(run(fn, x, wt, bias, cond, grad, backend="cpu"),
+                     run(fn, x, wt, bias, cond, grad, backend="reference"))
+    wt[1, 2, tap[0], tap[1]] = NAN
+    got = run(fn, x, wt, bias, cond, grad, backend="cpu")
+    want = run(fn, x, wt, bias, cond, grad, backend="reference")
+    assert torch.isnan(want[0]).any()
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, equal_nan=True, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("path", ["direct", "op"])
+def test_cpu_gradgradcheck(path, monkeypatch):
+    x, w, b, c, _ = make(1, 3, 3, 3, 4, 3, 3, dtype=torch.float64, device="cpu")
+    inputs = tuple(t.requires_grad_() for t in (x, w, b, c))
+    for fn in (masked("A", 3), masked("B", 1), SHIFTED["down"][0]):
+        call = _cpu_call(fn, path, monkeypatch)
+        assert torch.autograd.gradgradcheck(call, inputs)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("grad", [False, True])
+def test_default_backend_on_cpu_is_cpu(monkeypatch, grad):
+    """No backend forced, CPU tensors: the cpu backend's forward (and its backward for a
+    masked convolution; a shifted one trains through aten's own autograd nodes)."""
+    mc = sys.modules["artrt.ops.masked_conv2d"]  # artrt.ops.masked_conv2d is the function
+    calls = []
+    for fname in ("_cpu_forward", "_cpu_backward", "tap_conv2d_ref"):
+        orig = getattr(mc, fname)
+        monkeypatch.setattr(mc, fname, lambda *a, _f=orig, _n=fname, **k: (
+            calls.append(_n), _f(*a, **k))[1])
+    x, wt, bias, cond, g = make(2, 3, 6, 4, 5, 3, 3)
+    with torch.set_grad_enabled(grad):
+        leaves = [t.requires_grad_(grad) for t in (x, wt, bias, cond)]
+        out = masked_conv2d(*leaves[:3], "B", 3, leaves[3])
+        if grad:
+            out.backward(g)
+    assert calls == ["_cpu_forward", *(["_cpu_backward"] if grad else [])]
+
+
 # --------------------------------------------------------------------------- inf and NaN
 
-BACKENDS = ["reference", *kernel_backends()]
+BACKENDS = ["reference", *CPU, *kernel_backends()]
 NAN, INF = float("nan"), float("inf")
 # The interpreter's numpy matmul warns about the NaN / inf these tests feed it on purpose.
 NONFINITE_OK = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -336,6 +426,42 @@ def test_nonfinite_pixel_reaches_exactly_the_outputs_that_see_it(backend, case, 
         want = run(masked_ref(case[0], case[1]), x, wt, bias, cond, grad)
     for g, w, what in zip(got, want, ("out", "dx", "dw", "db", "dc"), strict=True):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, equal_nan=True, msg=what)
+
+
+@NONFINITE_OK
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_nonfinite_grad_reaches_exactly_what_the_output_sees(backend, case, bad):
+    """grad_out[b, o, i, j] NaN or inf: dx non-finite exactly at the inputs that output reads
+    through its kept taps (with colour groups, at the centre only the channels its group may
+    see: not every channel through the masked entries' zeros), dw exactly at the kept entries
+    of row o that meet an input inside the image, dbias at o and dcond at (b, o); the forward
+    untouched. Every backend, the reference too (each path that a dense convolution with the
+    masked weight would take gets this wrong)."""
+    fn, (kh, kw), pad_top, pad_left, mask = conv_case(case, 9, 6)
+    x, wt, bias, cond, grad = make(2, 6, 9, 5, 7, kh, kw)
+    b, o, i, j = 1, 4, 2, 3  # channel 4: the second colour group of three
+    grad[b, o, i, j] = bad
+    out, dx, dw, db, dc = run(fn, x, wt, bias, cond, grad, backend=backend)
+    want_dx = torch.zeros(dx.shape, dtype=torch.bool)
+    want_dw = torch.zeros(dw.shape, dtype=torch.bool)
+    for r in range(kh):
+        for s in range(kw):
+            i2, j2 = i + r - pad_top, j + s - pad_left
+            if 0 <= i2 < 5 and 0 <= j2 < 7:
+                want_dx[b, :, i2, j2] |= mask[o, :, r, s] != 0
+                want_dw[o, :, r, s] = mask[o, :, r, s] != 0
+    assert want_dx.any() and want_dw.any()
+    assert torch.isfinite(out).all()
+    assert torch.equal(~torch.isfinite(dx).cpu(), want_dx)
+    assert torch.equal(~torch.isfinite(dw).cpu(), want_dw)
+    want_b = torch.zeros(db.shape, dtype=torch.bool)
+    want_b[o] = True
+    assert torch.equal(~torch.isfinite(db).cpu(), want_b)
+    want_c = torch.zeros(dc.shape, dtype=torch.bool)
+    want_c[b, o] = True
+    assert torch.equal(~torch.isfinite(dc).cpu(), want_c)
 
 
 @NONFINITE_OK
@@ -584,7 +710,7 @@ def test_bad_input():
 # --------------------------------------------------------------------------- torch.library
 
 
-OPCHECK_BACKENDS = ["reference", *kernel_backends()]
+OPCHECK_BACKENDS = ["reference", *CPU, *kernel_backends()]
 
 
 @pytest.mark.parametrize("backend", OPCHECK_BACKENDS)
@@ -598,7 +724,7 @@ def test_opcheck(backend):
                            backend))
 
 
-@pytest.mark.parametrize("backend", [None, *kernel_backends()])
+@pytest.mark.parametrize("backend", [None, *CPU, *kernel_backends()])
 def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     x, wt, bias, cond, _ = make(2, 3, 3, 5, 4, 3, 3)
