@@ -35,6 +35,10 @@ class _KeptCaches(dict):
     size. Copies and pickles of the model start without them (CUDA graphs cannot be copied,
     and they point at the original's tensors)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made_for: dict = {}  # batch size -> (device, dtype) of the model then
+
     def __deepcopy__(self, memo: dict) -> _KeptCaches:
         return _KeptCaches()
 
@@ -250,10 +254,11 @@ class DiscreteARModel(nn.Module):
         if not graphed:
             return self.new_cache(n, cond)
         kept = self.__dict__.setdefault("_graphed_caches", _KeptCaches())
-        device = next(self.parameters()).device
+        param = next(self.parameters())
         cache = kept.get(n)
-        if cache is None or cache.device != device:
-            cache = kept[n] = self.new_cache(n, cond)
+        if cache is None or kept.made_for.get(n) != (param.device, param.dtype):
+            cache = kept[n] = self.new_cache(n, cond)  # a model moved: a new cache
+            kept.made_for[n] = (param.device, param.dtype)
         else:
             cache.reset(cond)
         return cache

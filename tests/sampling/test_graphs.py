@@ -194,7 +194,9 @@ def test_graphed_samples_equal_eager(name):
 
 
 @pytest.mark.gpu
-def test_graphs_recaptured_after_half():
+def test_graphs_after_a_dtype_change():
+    """The model moved to float64 after a graphed call: the kept cache is replaced and the
+    samples are the eager float64 ones."""
     model = _model("pixelcnn", 0).cuda()
     u, cond = _inputs(model)
     u, cond = u.cuda(), cond.cuda()
