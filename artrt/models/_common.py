@@ -27,6 +27,23 @@ from artrt.sampling._shared import grouped_logits as grouped_logits
 from artrt.sampling._shared import level_logits as level_logits
 from artrt.sampling._shared import logit_channels as logit_channels
 from artrt.sampling.cache import ARCache
+from artrt.sampling.graphs import run_steps
+
+
+class _KeptCaches(dict):
+    """The graphed caches a model keeps for ``sample(cache=True, cuda_graph=True)``, by batch
+    size. Copies and pickles of the model start without them (CUDA graphs cannot be copied,
+    and they point at the original's tensors)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made_for: dict = {}  # batch size -> (device, dtype) of the model then
+
+    def __deepcopy__(self, memo: dict) -> _KeptCaches:
+        return _KeptCaches()
+
+    def __reduce__(self):
+        return (_KeptCaches, ())
 
 # --------------------------------------------------------------------------- checks
 
@@ -182,15 +199,27 @@ class DiscreteARModel(nn.Module):
         """The uniforms of one sample: by default ``shape``, one per position."""
         return tuple(self.shape)
 
+    # ``sample(cuda_graph=None)`` means this: WaveNet replays graphs by default
+    cuda_graph_default = False
+
     def sample(self, n: int, cond: torch.Tensor | None = None, *,
                cache: bool | ARCache = True, generator: torch.Generator | None = None,
-               progress: bool = False, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+               progress: bool = False, uniforms: torch.Tensor | None = None,
+               cuda_graph: bool | None = None) -> torch.Tensor:
         """(n, *shape) int64: positions in ``generation_steps()`` order, each drawn at its
         uniforms (by default by the inverse CDF of its logits); ``uniforms`` (n,
         *_uniforms_shape()) in [0, 1), else drawn from ``generator``. ``cache``: True runs
         the incremental sampler (:meth:`new_cache`), False the plain loop (one full network
         pass per step), a cache object from :meth:`new_cache` reuses it (reset first); both
-        give the same samples for the same uniforms."""
+        give the same samples for the same uniforms.
+
+        ``cuda_graph``: on a CUDA model, replay the cached sampler's steps from CUDA graphs
+        (:mod:`artrt.sampling.graphs`; WaveNet: its cache's own graphs), captured on the
+        first call and kept on the cache (with ``cache=True``, one graphed cache per batch
+        size is kept on the model). The samples are the same as without. None: the model's
+        ``cuda_graph_default`` (True for WaveNet, False for the others). On the CPU it is
+        ignored (nothing to capture: the steps run eagerly). ``cuda_graph=True`` with
+        ``cache=False`` is a ValueError (the plain loop is not graphed)."""
         name = f"{self.name}.sample"
         device = next(self.parameters()).device
         if isinstance(cache, ARCache):
@@ -198,6 +227,13 @@ class DiscreteARModel(nn.Module):
         elif not isinstance(cache, bool):
             raise TypeError(f"{name}: cache must be True, False or a cache from new_cache(), "
                             f"got {type(cache).__name__}")
+        if cuda_graph is not None and not isinstance(cuda_graph, bool):
+            raise TypeError(f"{name}: cuda_graph must be a bool or None, got "
+                            f"{type(cuda_graph).__name__}")
+        if cuda_graph and cache is False:
+            raise ValueError(f"{name}: cuda_graph=True needs the cached sampler (cache=True or "
+                             f"a cache from new_cache()), got cache=False")
+        graphed = self.cuda_graph_default if cuda_graph is None else cuda_graph
         u = draw_uniforms(name, n, self._uniforms_shape(), generator, uniforms, device)
         check_cond(name, cond, n, self.config.num_classes)
         x = torch.zeros((n, *self.shape), dtype=torch.int64, device=device)
@@ -206,25 +242,46 @@ class DiscreteARModel(nn.Module):
                 self._draw(x, u, cond, progress, name)
             else:
                 if cache is True:
-                    cache = self.new_cache(n, cond)
+                    cache = self._sample_cache(n, cond, graphed and device.type == "cuda")
                 else:
                     cache.reset(cond)
-                self._draw_cached(cache, x, u, progress, name)
+                self._draw_cached(cache, x, u, progress, name, cuda_graph=cuda_graph)
         return x
 
+    def _sample_cache(self, n: int, cond: torch.Tensor | None, graphed: bool) -> ARCache:
+        """The cache of ``sample(cache=True)``: a new one, or for CUDA graphs the model's kept
+        cache of batch size n (reset), so that its graphs are replayed, not captured again."""
+        if not graphed:
+            return self.new_cache(n, cond)
+        kept = self.__dict__.setdefault("_graphed_caches", _KeptCaches())
+        param = next(self.parameters())
+        cache = kept.get(n)
+        if cache is None or kept.made_for.get(n) != (param.device, param.dtype):
+            cache = kept[n] = self.new_cache(n, cond)  # a model moved: a new cache
+            kept.made_for[n] = (param.device, param.dtype)
+        else:
+            cache.reset(cond)
+        return cache
+
     def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
-                     desc: str) -> None:
+                     desc: str, cuda_graph: bool | None = None) -> None:
         """Fill x (n, *shape) int64 in place from the uniforms u (n, *shape) float32 through
-        ``cache`` (freshly reset): one cache step per generation step (a tqdm bar ``desc``).
-        The drawn levels lie in [0, levels) by construction: pushed unchecked, so a step
-        reads nothing back from the device."""
+        ``cache`` (freshly reset): one :meth:`_cached_step` per generation step (a tqdm bar
+        ``desc``), replayed from CUDA graphs when ``cuda_graph`` (None: False) and on CUDA."""
+        run_steps(cache, lambda xs, us: self._cached_step(cache, xs, us), x, u, progress,
+                  desc, bool(cuda_graph))
+
+    def _cached_step(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor) -> None:
+        """One cache step: draw the step's positions of x (n, *shape) int64 (contiguous)
+        from u (n, *shape) float32 by the inverse CDF and push them. The drawn levels lie in
+        [0, levels) by construction: pushed unchecked, so a step reads nothing back from the
+        device (it can be captured in a CUDA graph)."""
         n = x.shape[0]
         xf, uf = x.view(n, -1), u.reshape(n, -1)
-        for _ in tqdm(range(cache.num_steps), disable=not progress, desc=desc):
-            pos = cache.positions()  # (G,)
-            values = inverse_cdf(cache.logits().transpose(1, 2), uf[:, pos])  # (n, G)
-            xf[:, pos] = values
-            cache._push_unchecked(values)
+        pos = cache.positions()  # (G,)
+        values = inverse_cdf(cache.logits().transpose(1, 2), uf[:, pos])  # (n, G)
+        xf[:, pos] = values
+        cache._push_unchecked(values)
 
     def _draw(self, x: torch.Tensor, u: torch.Tensor, cond: torch.Tensor | None,
               progress: bool, desc: str) -> None:

@@ -190,23 +190,24 @@ class MultiscalePixelCNN(DiscreteARModel):
 
     # ----------------------------------------------------------------- networks
 
-    def _scale_logits(self, k: int, v: torch.Tensor, steps: list[int],
+    def _scale_logits(self, k: int, v: torch.Tensor, q: torch.Tensor,
                       cond: torch.Tensor | None) -> torch.Tensor:
         """Logits of the given steps of scale k >= 1 in one batched pass of its network.
 
-        v: (B, C, H, W) input; returns (len(steps), B, L, h, w), h, w the coarse size.
+        v: (B, C, H, W) input; q: (Q,) int64 step ids on v's device (made there once: a
+        tensor built from a host list inside the sampler's steps would be a copy to the
+        device at every step); returns (Q, B, L, h, w), h, w the coarse size.
         """
         b, c = v.shape[:2]
         st = self._stride(k)
         xk = v[:, :, ::st, ::st]  # (B, C, Hk, Wk)
         slots = torch.stack([xk[:, :, a::2, bb::2] for a, bb in GROUPS], 1)  # (B, 4, C, h, w)
         slots = slots.flatten(1, 2)  # (B, 4C, h, w), slot g * C + c
-        q = torch.tensor(steps, device=v.device)
         mask = self.known[q].to(v.dtype)[:, None, :, None, None]  # (Q, 1, 4C, 1, 1)
         inp = (slots.unsqueeze(0) * mask).flatten(0, 1)  # (Q * B, 4C, h, w)
-        label = None if cond is None else cond.repeat(len(steps))
+        label = None if cond is None else cond.repeat(q.shape[0])
         out = self.upsamplers[k - 1](inp, q.repeat_interleave(b), label)  # (Q * B, L, h, w)
-        return out.view(len(steps), b, *out.shape[1:])
+        return out.view(q.shape[0], b, *out.shape[1:])
 
     def forward_input(self, v: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(v, cond)
@@ -217,7 +218,8 @@ class MultiscalePixelCNN(DiscreteARModel):
         st = self._stride(0)
         logits[..., ::st, ::st] = self.base(v[:, :, ::st, ::st], cond)
         for k in range(1, self.config.scales + 1):
-            out = self._scale_logits(k, v, list(range(3 * c)), cond)  # (3C, B, L, h, w)
+            q = torch.arange(3 * c, device=v.device)
+            out = self._scale_logits(k, v, q, cond)  # (3C, B, L, h, w)
             for q in range(3 * c):
                 ch, rows, cols = self._group_slice(k, q)
                 logits[:, :, ch, rows, cols] = out[q]

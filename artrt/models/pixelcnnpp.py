@@ -66,6 +66,7 @@ from artrt.nn.masked_conv import DownRightShiftedConv2d, DownShiftedConv2d
 from artrt.ops.dmol import _dmol_sample_unchecked, dmol_nll, dmol_sample
 from artrt.ops.gated import gated_sigmoid
 from artrt.sampling.cache import ARCache
+from artrt.sampling.graphs import run_steps
 from artrt.sampling.pixelcnnpp import Layer, run_layers
 
 
@@ -322,19 +323,23 @@ class PixelCNNpp(DiscreteARModel):
             x[:, :, i, j] = self._pixel(self(x, cond)[:, :, i, j], u[:, :, i, j])
 
     def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
-                     desc: str) -> None:
+                     desc: str, cuda_graph: bool | None = None) -> None:
         """Fill x (n, C, H, W) in place from u (n, 1 + C, H, W) through ``cache`` (freshly
-        reset): one cache step per pixel. The steps read nothing back from the device: u is
-        checked by ``sample``, the levels drawn lie in [0, levels), and the finiteness of the
-        params that dmol_sample checks per call is checked once, over the whole image, after
-        the last step (ValueError)."""
-        w = x.shape[3]
-        for _ in tqdm(range(cache.num_steps), disable=not progress, desc=desc):
-            i, j = divmod(cache.step, w)
-            values = self._pixel(cache.params(), u[:, :, i, j], checked=False)  # (n, C)
-            x[:, :, i, j] = values
-            cache._push_unchecked(values)
+        reset): one :meth:`_cached_step` per pixel, replayed from CUDA graphs when
+        ``cuda_graph`` and on CUDA. The finiteness of the params that dmol_sample checks per
+        call is checked once, over the whole image, after the last step (ValueError)."""
+        run_steps(cache, lambda xs, us: self._cached_step(cache, xs, us), x, u, progress,
+                  desc, bool(cuda_graph))
         cache._check_params_finite(desc)
+
+    def _cached_step(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor) -> None:
+        """One cache step: draw the next pixel of x (n, C, H, W) from u (n, 1 + C, H, W) and
+        push it. It reads nothing back from the device (u is checked by ``sample``, the
+        levels drawn lie in [0, levels)), so it can be captured in a CUDA graph."""
+        i, j = divmod(cache.step, x.shape[3])
+        values = self._pixel(cache.params(), u[:, :, i, j], checked=False)  # (n, C)
+        x[:, :, i, j] = values
+        cache._push_unchecked(values)
 
 
 __all__ = ["PixelCNNpp", "PixelCNNppConfig"]

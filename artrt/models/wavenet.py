@@ -145,11 +145,14 @@ class WaveNet(DiscreteARModel):
         sampler launch one kernel per step instead of replaying captured CUDA graphs."""
         return WaveNetCache(self, batch_size, cond, cuda_graph=cuda_graph)
 
+    cuda_graph_default = True
+
     def _draw_cached(self, cache: ARCache, x: torch.Tensor, u: torch.Tensor, progress: bool,
-                     desc: str) -> None:
+                     desc: str, cuda_graph: bool | None = None) -> None:
         """Fill x (n, *shape) from the uniforms u through the WaveNetCache's own sampler (the
-        step op draws every position; CUDA graphs on CUDA)."""
-        x.copy_(cache._draw(u, progress, desc))  # u checked by sample
+        step op draws every position; CUDA graphs on CUDA unless ``cuda_graph`` is False, or
+        None and the cache was made with ``cuda_graph=False``)."""
+        x.copy_(cache._draw(u, progress, desc, cuda_graph=cuda_graph))  # u checked by sample
 
     def extra_repr(self) -> str:
         return (f"length={self.length}, receptive_field={self.receptive_field}, "

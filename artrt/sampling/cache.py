@@ -55,6 +55,7 @@ class ARCache:
         self.device = next(model.parameters()).device
         self.levels = model.config.levels
         self._steps: torch.Tensor | None = None
+        self._step_graphs = None  # artrt.sampling.graphs.StepGraphs, made on first use
         self.step = 0
         self.reset(cond)
 

@@ -45,6 +45,7 @@ class MultiscalePixelCNNCache(ARCache):
         blank = torch.zeros((self.batch_size, c, h, w), dtype=torch.int64, device=self.device)
         self.v = to_input(blank, self.levels).to(dtype)  # (B, C, H, W)
         self._base_steps = c * model.base_size[0] * model.base_size[1]
+        self._group_ids = torch.arange(3 * c, device=self.device)  # (3C,) sliced per step
         self._out: torch.Tensor | None = None
 
     def _logits(self) -> torch.Tensor:
@@ -59,7 +60,8 @@ class MultiscalePixelCNNCache(ARCache):
             out = out.unsqueeze(-1)  # (B, L, 1)
         else:  # group step q of scale k
             k, q = divmod(s - self._base_steps, 3 * c)
-            out = model._scale_logits(k + 1, self.v, [q], self.cond)[0]  # (B, L, h, w)
+            q_ids = self._group_ids[q:q + 1]  # (1,), a view: no copy to the device
+            out = model._scale_logits(k + 1, self.v, q_ids, self.cond)[0]  # (B, L, h, w)
             out = out.flatten(2)  # (B, L, G), raster over the coarse grid
         self._out = out.float()
         return self._out

@@ -160,8 +160,9 @@ class WaveNetCache(ARCache):
 
     # ----------------------------------------------------------------------- sampler
 
-    def _graph_ready(self) -> bool:
-        return (self.cuda_graph and self.device.type == "cuda"
+    def _graph_ready(self, cuda_graph: bool | None = None) -> bool:
+        wanted = self.cuda_graph if cuda_graph is None else cuda_graph
+        return (wanted and self.device.type == "cuda"
                 and backends.select("wavenet_step", self.device, self.weights.dtype,
                                     backends.requested(), ("cuda", "reference")) == "cuda")
 
@@ -185,15 +186,16 @@ class WaveNetCache(ARCache):
         check_range(name, "u", u, 0.0, 1.0)  # NaN is out of range too
         return self._draw(u, progress, desc)
 
-    def _draw(self, u: torch.Tensor, progress: bool = False, desc: str = "WaveNet"
-              ) -> torch.Tensor:
-        """:meth:`draw` on checked uniforms (``WaveNet.sample`` checked them)."""
+    def _draw(self, u: torch.Tensor, progress: bool = False, desc: str = "WaveNet",
+              cuda_graph: bool | None = None) -> torch.Tensor:
+        """:meth:`draw` on checked uniforms (``WaveNet.sample`` checked them); ``cuda_graph``
+        (None: the cache's own setting) chooses graphs or one launch per step."""
         shape = (self.batch_size, *self.model.shape)
         b = self.batch_size
         self.u.copy_(u.reshape(b, -1)[:, self.order])  # generation order
         self.state.zero_()
         self.step = 0
-        if self._graph_ready():
+        if self._graph_ready(cuda_graph):
             self._draw_graphs(progress, desc)
         else:
             for t in tqdm(range(self.num_steps), disable=not progress, desc=desc):
