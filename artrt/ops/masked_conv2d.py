@@ -642,8 +642,6 @@ def _colour_input_grad(g, weight, pad_top, pad_left, mask_type, color_groups):
     forward, not every channel through the masked entries' zeros."""
     from artrt.kernels.masked_conv2d import tap_conv_fwd
 
-    bsz, cout, height, width = g.shape
-    cin = weight.shape[1]
     groups = color_groups
 
     def reverse(t, dim):  # the channel groups along dim in reverse order
