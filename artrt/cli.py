@@ -2,8 +2,9 @@
 
 ``artrt info``  versions, GPU, and which backends are available (and why not).
 ``artrt demo``  checks the fused gated activation on every available backend against the
-                reference, then trains a small model (MADE) on binarized MNIST-5k, prints
-                its test NLL and writes a PNG grid of samples.
+                reference, then trains a small model (a class-conditional multiscale PixelCNN)
+                on binarized MNIST-5k: test NLL, samples, the sampling cache's speed-up,
+                a loss curve and a report (see :mod:`artrt.demo`).
 ``artrt train`` trains a model of ``artrt.models`` on a bundled data set (checkpoints,
                 test nll, a sample grid; see :mod:`artrt.train`); under ``torchrun`` with
                 DistributedDataParallel.
@@ -72,32 +73,28 @@ def info() -> int:
     return 0
 
 
-def demo(seed: int = 0, steps: int = 500, model: str = "made",
+def demo(seed: int = 0, steps: int | None = None, model: str | None = None,
          out: str = "artrt-demo", device: str | None = None) -> int:
-    """The kernel check (:func:`check_backends`), then ``model`` trained for ``steps`` steps
-    on binarized MNIST-5k (``out``: checkpoint, metrics, samples.png; a run already there is
-    replaced); exit 1 on a kernel mismatch. ``model``, ``steps`` and ``device`` are checked
-    first (ValueError)."""
+    """The kernel check (:func:`check_backends`), then :func:`artrt.demo.run`: ``model``
+    (default: a class-conditional multiscale PixelCNN) trained on binarized MNIST-5k with its
+    budget (``steps`` replaces the budget's), samples, the cache's speed-up, loss.png and
+    report.md in ``out`` (a run already there is replaced); exit 1 on a kernel mismatch.
+    ``model``, ``steps`` and ``device`` are checked first (ValueError)."""
+    from artrt import demo as demo_run
     from artrt.models import MODELS
-    from artrt.train import RUN_FILES, resolve_device, train
+    from artrt.train import RUN_FILES, resolve_device
 
+    model = demo_run.DEFAULT if model is None else model
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}")
-    if steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {steps}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     resolve_device(device)
     if check_backends(seed):
         return 1
     if any(os.path.exists(os.path.join(out, name)) for name in RUN_FILES):
         print(f"\nreplacing the run in {out}/")
-
-    print(f"\ntraining {model} on mnist5k-binary for {steps} steps (batch 64, Adam 1e-3) "
-          f"into {out}/")
-    result = train(model, "mnist5k-binary", steps=steps, batch_size=64, device=device, out=out,
-                   eval_every=max(steps, 1), seed=seed, overrides=["num_classes=0"],
-                   samples=64, progress=True, overwrite=True)
-    print(f"test nll {result['test_nll']:.2f} nats per image, {result['test_bpd']:.4f} "
-          f"bits/dim after {result['step']} steps; samples: {out}/samples.png")
+    demo_run.run(model, steps=steps, seed=seed, out=out, device=device)
     return 0
 
 
@@ -174,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU and available backends")
     p_demo = sub.add_parser("demo", help="the gated op on every backend vs the reference, "
-                            "then a small model trained on real data: test nll and samples")
+                            "then a small model trained on real data: test nll, samples, "
+                            "sampling speed, loss curve and report")
     p_demo.add_argument("--seed", type=int, default=0)
-    p_demo.add_argument("--steps", type=int, default=500, help="training steps (500)")
-    p_demo.add_argument("--model", default="made", help="model to train (made)")
+    p_demo.add_argument("--steps", type=int, default=None,
+                        help="training steps (default: the model's demo budget)")
+    p_demo.add_argument("--model", default=None,
+                        help="model to train (multiscale, class-conditional)")
     p_demo.add_argument("--out", default="artrt-demo", help="output folder (artrt-demo)")
     p_demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda if "
                         "available)")

