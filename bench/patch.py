@@ -192,9 +192,75 @@ def summary(rows: list[dict]) -> list[str]:
             and not r.get("note") and torch.cuda.is_available()]
 
 
+# The CPU report (bench/results/patch-cpu.md): small shapes, one thread, float32.
+CPU_CASES = [("pixelcnn", 8, 16, 48, 3), ("gpt", 4, 256, 128, 2)]
+
+
+def cpu_report(smoke: bool = False) -> str:
+    """Patched against unpatched on the CPU, one thread, each pass timed by bench.cpu's
+    interleaved medians: the markdown of bench/results/patch-cpu.md."""
+    import datetime
+    import platform
+
+    from bench.common import _cpu_name
+    from bench.cpu import time_pair
+
+    torch.set_num_threads(1)
+    lines = [
+        "| model | shape | pass | layers replaced | unpatched ms | patched ms | ratio | "
+        "max err |", "|---|---|---|---|---|---|---|---|"]
+    for name, b, size, c, layers in CPU_CASES[:1] if smoke else CPU_CASES:
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(1)
+        if name == "pixelcnn":
+            eager = PixelCNN(c, layers)
+            x = torch.rand(b, 3, size, size, generator=gen) * 2 - 1
+            shape = f"{b},3,{size},{size} C={c} L={layers}"
+        else:
+            eager = GPT(c, layers)
+            x = torch.randn(b, size, c, generator=gen)
+            shape = f"{b},{size},{c} L={layers}"
+        patched = copy.deepcopy(eager)
+        replaced = len(artrt.patch(patched).replaced)
+        with torch.no_grad():
+            err = (patched(x) - eager(x)).abs().max().item()
+        xg = x.clone().requires_grad_()
+
+        def fwd(model, x=x):
+            def call():
+                with torch.no_grad():
+                    return model(x)
+            return call
+
+        def step(model, xg=xg):
+            def call():
+                model(xg).sum().backward()
+            return call
+
+        for pass_, make in (("no_grad", fwd), ("fwd+bwd", step)):
+            patched_ms, eager_ms, _ = time_pair(make(patched), make(eager), smoke)
+            lines.append(f"| {name} | {shape} | {pass_} | {replaced} | {eager_ms:.2f} | "
+                         f"{patched_ms:.2f} | {patched_ms / eager_ms:.2f} | {err:.1e} |")
+    head = (f"# patch-cpu\n\n{_cpu_name()}, 1 thread, torch {torch.__version__}, python "
+            f"{platform.python_version()}, {datetime.date.today()}; medians of interleaved "
+            f"samples (bench.cpu's timer); ratio = patched / unpatched (below 1: the patched "
+            f"model is faster). Models of bench/patch.py (public-style code: mask-buffer "
+            f"convolutions and a gate module; nanoGPT blocks with SDPA). Written by "
+            f"`python -m bench.patch --cpu`.\n\n")
+    return head + "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
     from bench.common import markdown_table
 
+    if "--cpu" in sys.argv[1:]:
+        out = Path(__file__).parent / "results" / "patch-cpu.md"
+        out.write_text(cpu_report())
+        print(out.read_text())
+        raise SystemExit(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     table = markdown_table(run(dev, dev == "cpu", 0.0), COLUMNS)
     print(table)
