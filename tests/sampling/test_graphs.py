@@ -21,7 +21,7 @@ from artrt.models import MADE, MADEConfig, PixelCNNpp, WaveNet
 from artrt.models._common import _KeptCaches
 from artrt.sampling.graphs import StepGraphs, cache_state, run_steps
 from tests.models.common import labels
-from tests.sampling.test_host_reads import MODELS, _model
+from tests.sampling.test_host_reads import MODELS, _in_cpu_backend, _model
 from tests.test_capture import HostSync, capture_reported
 
 
@@ -33,8 +33,14 @@ def capturable(monkeypatch):
     def sync(*args, **kwargs):
         raise HostSync("a host <-> device copy while a CUDA graph is captured")
 
+    reads = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+    plain = {name: getattr(torch.Tensor, name) for name in reads}
     with capture_reported(monkeypatch):
         with monkeypatch.context() as m:
+            for name in reads:  # the convolutions' cpu backend reads (CPU tensors only)
+                refuse = getattr(torch.Tensor, name)
+                m.setattr(torch.Tensor, name, lambda *a, _p=plain[name], _r=refuse, **k: (
+                    _p(*a, **k) if _in_cpu_backend() else _r(*a, **k)))
             for name in ("tensor", "as_tensor", "from_numpy"):
                 m.setattr(torch, name, sync)
             for name in ("cpu", "numpy"):
