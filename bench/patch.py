@@ -118,17 +118,18 @@ class GPT(nn.Module):
         return self.blocks(x)
 
 
-def _case(name, b, size, c, layers, dtype, device, smoke):
+def _model_and_input(name, b, size, c, layers):
+    """(the unpatched model, its float32 CPU input, the shape label) of one case, seeded."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     if name == "pixelcnn":
-        eager = PixelCNN(c, layers)
-        x = torch.rand(b, 3, size, size, generator=gen) * 2 - 1
-        shape = f"{b},3,{size},{size} C={c} L={layers}"
-    else:
-        eager = GPT(c, layers)
-        x = torch.randn(b, size, c, generator=gen)
-        shape = f"{b},{size},{c} L={layers}"
+        return (PixelCNN(c, layers), torch.rand(b, 3, size, size, generator=gen) * 2 - 1,
+                f"{b},3,{size},{size} C={c} L={layers}")
+    return GPT(c, layers), torch.randn(b, size, c, generator=gen), f"{b},{size},{c} L={layers}"
+
+
+def _case(name, b, size, c, layers, dtype, device, smoke):
+    eager, x, shape = _model_and_input(name, b, size, c, layers)
     eager = eager.to(device, dtype)
     x = x.to(device, dtype)
     patched = copy.deepcopy(eager)
@@ -210,16 +211,7 @@ def cpu_report(smoke: bool = False) -> str:
         "| model | shape | pass | layers replaced | unpatched ms | patched ms | ratio | "
         "max err |", "|---|---|---|---|---|---|---|---|"]
     for name, b, size, c, layers in CPU_CASES[:1] if smoke else CPU_CASES:
-        torch.manual_seed(0)
-        gen = torch.Generator().manual_seed(1)
-        if name == "pixelcnn":
-            eager = PixelCNN(c, layers)
-            x = torch.rand(b, 3, size, size, generator=gen) * 2 - 1
-            shape = f"{b},3,{size},{size} C={c} L={layers}"
-        else:
-            eager = GPT(c, layers)
-            x = torch.randn(b, size, c, generator=gen)
-            shape = f"{b},{size},{c} L={layers}"
+        eager, x, shape = _model_and_input(name, b, size, c, layers)
         patched = copy.deepcopy(eager)
         replaced = len(artrt.patch(patched).replaced)
         with torch.no_grad():
