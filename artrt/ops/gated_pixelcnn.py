@@ -92,10 +92,20 @@ def gated_tap_conv2d_backward_ref(grad_out, grad_pre, x, weight, pre, link_x, li
     dx, dw, dcond = tap_conv2d_backward_ref(dpre, x, weight, pad_top, pad_left, mask_type, 1)
     dlx = dlw = None
     if link_x is not None:
-        dlw = torch.einsum("bchw,bohw->oc", _shift_down(link_x), dpre)[:, :, None, None]
-        dshifted = torch.einsum("oc,bohw->bchw", link_weight[:, :, 0, 0], dpre)
-        dlx = F.pad(dshifted, (0, 0, 0, 1))[:, :, 1:]  # the transpose of _shift_down
+        dlw, dlx = _link_grad_weight(link_x, dpre), _link_grad_input(link_weight, dpre)
     return dx, dw, dcond, dlx, dlw
+
+
+def _link_grad_weight(link_x, dpre):
+    """The link's weight gradient (2C, Cl, 1, 1) for the pre-activation gradient dpre."""
+    return torch.einsum("bchw,bohw->oc", _shift_down(link_x), dpre)[:, :, None, None]
+
+
+def _link_grad_input(link_weight, dpre):
+    """The link's input gradient (B, Cl, H, W): the transpose of the 1x1 conv, then of
+    _shift_down (row i + 1's gradient lands on row i; the last row gets none)."""
+    dshifted = torch.einsum("oc,bohw->bchw", link_weight[:, :, 0, 0], dpre)
+    return F.pad(dshifted, (0, 0, 0, 1))[:, :, 1:]
 
 
 # --------------------------------------------------------------------------- checks
@@ -198,13 +208,8 @@ def _backward(grad_out, grad_pre, x, weight, pre, link_x, link_weight, pad_top, 
             dpre = dpre + grad_pre
         dx, dw, dcond = _cpu_backward(dpre, x, weight, pad_top, pad_left, mask_type, 1,
                                       need_x, need_w)
-        dlx, dlw = empty(), empty()
-        if need_lw:
-            dlw = torch.einsum("bchw,bohw->oc", _shift_down(link_x), dpre)[:, :, None, None]
-            dlw = dlw.contiguous()
-        if need_lx:
-            dshifted = torch.einsum("oc,bohw->bchw", link_weight[:, :, 0, 0], dpre)
-            dlx = F.pad(dshifted, (0, 0, 0, 1))[:, :, 1:].contiguous()
+        dlw = _link_grad_weight(link_x, dpre).contiguous() if need_lw else empty()
+        dlx = _link_grad_input(link_weight, dpre).contiguous() if need_lx else empty()
         return dx, dw, dcond, dlx, dlw
     from artrt.kernels.gated import gated_bwd
     from artrt.kernels.masked_conv2d import tap_conv_fwd, tap_conv_wgrad
