@@ -14,8 +14,10 @@ runs ``glu_backward`` on it and an in-place ``tanh_backward`` on the first half 
 nothing saved but x, where autograd of the plain expression takes five). In eager mode on
 plain CPU tensors it is called without the torch.library dispatcher (see
 :func:`artrt.backends.direct_call`); there the sigmoid gate trains through ``F.glu``'s own
-autograd node, and a small tanh gate through autograd of the reference expression (see
-``_SMALL_TANH_GRAD``).
+autograd node, and the tanh gate through an autograd.Function that saves ``tanh(a)`` and
+``sigmoid(b)`` (as autograd of the plain expression does) and writes its backward straight
+into the two halves of the gradient (``_CpuGate``), or, small, through autograd of the
+reference expression (see ``_SMALL_TANH_GRAD``).
 
 Departure from the papers: the conditioning is added to both halves in one broadcast
 (``cond`` has the full ``2C`` channels), which is what the papers' ``V^T h`` terms amount to
@@ -37,11 +39,13 @@ _ACT_NAMES = {ACT_TANH: "gated_tanh", ACT_SIGMOID: "gated_sigmoid"}
 # CPU tensors take "cpu" (see artrt.backends.select).
 PREFERENCE = ("triton", "cuda", "cpu", "reference")
 # Below this many output elements, the tanh gate's training path in eager mode is the plain
-# expression under autograd's own (C++) nodes: the cpu backward's Python autograd.Function
-# costs ~0.1 ms a call on our 2-core machine, more than its two saved passes (measured, 1
-# thread, forward + backward vs tanh(a) * sigmoid(b): 1x128x28x28 1.36x with the Function,
-# 1.03x without; 4x128x28x28 0.86x with it).
-_SMALL_TANH_GRAD = 1 << 17
+# expression under autograd's own (C++) nodes: the Python autograd.Function of the cpu
+# backend costs ~15 us a call on our 2-core machine, more than the pass it saves (measured,
+# 1 thread, forward + backward, Function vs tanh(a) * sigmoid(b): 1x128x16x16 1.1-1.5x,
+# 1x128x20x20 1.0x, 1x128x24x24 0.91-0.97x, 1x128x28x28 0.85-0.88x).
+_SMALL_TANH_GRAD = 1 << 15
+_TANH_BACKWARD_OUT = torch.ops.aten.tanh_backward.grad_input
+_SIGMOID_BACKWARD_OUT = torch.ops.aten.sigmoid_backward.grad_input
 _TORCH_TO_C_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -163,9 +167,8 @@ def _cpu_forward(x, cond, dim, act):
         x = x + cond
     if act == ACT_SIGMOID:
         return F.glu(x, dim).contiguous()  # a * sigmoid(b), one pass
-    c = x.shape[dim] // 2
-    out = torch.tanh(x.narrow(dim, 0, c))
-    return out.mul_(torch.sigmoid(x.narrow(dim, c, c))).contiguous()
+    a, b = x.chunk(2, dim)
+    return torch.tanh(a).mul_(torch.sigmoid(b)).contiguous()
 
 
 def _cpu_backward(grad_out, x, cond, dim, act):
@@ -192,26 +195,69 @@ def _cpu_backward(grad_out, x, cond, dim, act):
     return grad.contiguous()
 
 
+def _cpu_tanh_gate(z, dim):
+    """``(tanh(a) * sigmoid(b), tanh(a), sigmoid(b))`` for ``a, b = z.chunk(2, dim)``."""
+    a, b = z.chunk(2, dim)
+    t, s = torch.tanh(a), torch.sigmoid(b)
+    return t * s, t, s
+
+
+def _cpu_tanh_gate_backward(grad_out, grad_t, grad_s, t, s, dim):
+    """Gradient of the tanh gate with respect to z (x + cond) from its saved activations
+    ``t = tanh(a)``, ``s = sigmoid(b)``: ``[(g s + g_t)(1 - t^2), (g t + g_s) s (1 - s)]``,
+    where ``g_t``, ``g_s`` (None unless a double backward differentiates through t and s)
+    are the gradients reaching t and s themselves.
+
+    Under grad mode (create_graph) a differentiable cat of aten's ``tanh_backward`` and
+    ``sigmoid_backward``; otherwise the same two written straight into the halves of one
+    tensor, two passes each over half of it (autograd of the plain expression adds a cat).
+    """
+    if grad_out is None:
+        grad_out = torch.zeros_like(t)
+    if torch.is_grad_enabled():
+        ua, ub = grad_out * s, grad_out * t
+        ua = ua if grad_t is None else ua + grad_t
+        ub = ub if grad_s is None else ub + grad_s
+        return torch.cat([torch.ops.aten.tanh_backward(ua, t),
+                          torch.ops.aten.sigmoid_backward(ub, s)], dim)
+    c = t.shape[dim]
+    shape = list(t.shape)
+    shape[dim] *= 2
+    grad = torch.empty(shape, dtype=t.dtype, device=t.device)
+    grad_a, grad_b = grad.narrow(dim, 0, c), grad.narrow(dim, c, c)
+    torch.mul(grad_out, s, out=grad_a)
+    if grad_t is not None:
+        grad_a.add_(grad_t)
+    _TANH_BACKWARD_OUT(grad_a, t, grad_input=grad_a)
+    torch.mul(grad_out, t, out=grad_b)
+    if grad_s is not None:
+        grad_b.add_(grad_s)
+    _SIGMOID_BACKWARD_OUT(grad_b, s, grad_input=grad_b)
+    return grad
+
+
 class _CpuGate(torch.autograd.Function):
-    """The cpu backend called without the dispatcher (eager, plain CPU tensors), for the tanh
-    gate (the sigmoid gate's F.glu has its own autograd)."""
+    """The tanh gate's cpu backend called without the dispatcher (eager, plain CPU tensors;
+    the sigmoid gate's F.glu has its own autograd). Saves tanh(a) and sigmoid(b), as autograd
+    of the plain expression does, and returns them as extra outputs so that a double
+    backward reaches x through them (see :func:`_cpu_tanh_gate_backward`)."""
 
     @staticmethod
-    def forward(ctx, x, cond, dim, act):
-        ctx.save_for_backward(x, cond)
-        ctx.dim, ctx.act = dim, act
-        return _cpu_forward(x, cond, dim, act)
+    def forward(ctx, x, cond, dim):
+        y, t, s = _cpu_tanh_gate(x if cond is None else x + cond, dim)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(t, s)
+        ctx.dim = dim
+        ctx.cond_shape = None if cond is None else cond.shape
+        return y, t, s
 
     @staticmethod
-    def backward(ctx, grad_out):
-        x, cond = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the differentiable reference formula
-            grad = gated_backward_ref(grad_out, x, cond, ctx.dim, ctx.act)
-        else:
-            grad = _cpu_backward(grad_out, x, cond, ctx.dim, ctx.act)
+    def backward(ctx, grad_out, grad_t, grad_s):
+        t, s = ctx.saved_tensors
+        grad = _cpu_tanh_gate_backward(grad_out, grad_t, grad_s, t, s, ctx.dim)
         needs_x, needs_cond = ctx.needs_input_grad[:2]
         return ((grad if needs_x else None),
-                (grad.sum_to_size(cond.shape) if needs_cond else None), None, None)
+                (grad.sum_to_size(ctx.cond_shape) if needs_cond else None), None)
 
 
 def _forward(x, cond, dim, act, name):
@@ -374,14 +420,15 @@ def _call(x, cond, dim, act, backend):
     else the op."""
     dim_ = _check(x, cond, dim, act)
     backend = backends.requested(backend)
-    if backends.direct_call(x, cond) and backends.select(
-            _ACT_NAMES[act], x.device, x.dtype, backend, PREFERENCE) == "cpu":
+    if backends.direct_call(x, cond) and backends.selects_cpu(_ACT_NAMES[act], x, backend,
+                                                             PREFERENCE):
         # The sigmoid gate's forward is F.glu, whose autograd node runs glu_backward (the
-        # cpu backward) in C++: no Python backward, which costs ~0.1 ms here (1x128x28x28).
+        # cpu backward) in C++.
         if act == ACT_TANH and torch.is_grad_enabled() and (
                 x.requires_grad or (cond is not None and cond.requires_grad)):
             if x.numel() // 2 < _SMALL_TANH_GRAD:
                 return gated_tanh_ref(x, cond, dim_).contiguous()
-            return _CpuGate.apply(x, cond, dim_, act)
+            y = _CpuGate.apply(x, cond, dim_)[0]
+            return y if y.is_contiguous() else y.contiguous()
         return _cpu_forward(x, cond, dim_, act)
     return gated(x, cond, dim, act, backend)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -594,10 +593,7 @@ def _cpu_direct(x, weight, bias, cond, pad_top, pad_left, mask_type, color_group
     it and the call selects ``cpu`` (arguments already checked), else None."""
     if not backends.direct_call(x, weight, bias, cond):
         return None
-    # select's answer for an unforced call on a CPU tensor, without its cost (2 us)
-    if not (backend == backends.AUTO and not os.environ.get("ARTRT_BACKEND")
-            and x.dtype in backends.CPU_DTYPES) and backends.select(
-            "tap_conv2d", x.device, x.dtype, backend, PREFERENCE) != "cpu":
+    if not backends.selects_cpu("tap_conv2d", x, backend, PREFERENCE):
         return None
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, bias, cond)):

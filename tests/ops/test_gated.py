@@ -205,12 +205,14 @@ def test_default_backend_on_cpu_is_cpu(monkeypatch, grad):
     """No backend forced, CPU tensors: the cpu backend (forward, and backward at or above
     the size where its Python backward pays), not the Triton launchers."""
     x = torch.randn(2, 2 * gated_module._SMALL_TANH_GRAD, requires_grad=grad)
-    calls = spy(monkeypatch, gated_module, "_cpu_forward", "_cpu_backward")
+    calls = spy(monkeypatch, gated_module, "_cpu_forward", "_cpu_backward", "_cpu_tanh_gate",
+                "_cpu_tanh_gate_backward")
     with no_launch(monkeypatch, kgated, "gated_fwd", "gated_bwd"):
         torch.testing.assert_close(artrt.gated_tanh(x, dim=0), gated_tanh_ref(x, dim=0))
         if grad:
             artrt.gated_tanh(x, dim=0).sum().backward()
-    assert calls == ["_cpu_forward", *(["_cpu_forward", "_cpu_backward"] if grad else [])]
+    assert calls == (["_cpu_tanh_gate", "_cpu_tanh_gate", "_cpu_tanh_gate_backward"] if grad
+                     else ["_cpu_forward"])
     if grad:  # below that size the training path is the reference expression
         calls.clear()
         artrt.gated_tanh(x[:, :8], dim=0).sum().backward()
@@ -308,6 +310,24 @@ def test_cpu_low_precision(gate, path, dtype, monkeypatch):
     for g, lp, f, what in zip(got, lowp, fp32, ("out", "dx", "dcond"), strict=False):
         assert g.dtype == dtype
         assert_close_lowp(g, lp, f, f"{gate} {dtype} {what}")
+
+
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_cpu_non_finite_matches_reference(gate, path, monkeypatch):
+    """NaN, +-inf and saturating inputs, and a NaN and infinite upstream gradient: the same
+    NaN/inf (and finite values) as the reference forward and gated_backward_ref."""
+    fn, ref, act = GATES[gate]
+    call = _cpu_call(fn, act, path, monkeypatch)
+    x, cond, grad = make_inputs((2, 8, 3, 5), 1, "class", device="cpu")
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 100.0, -100.0, 0.0])
+    x.view(-1)[::7][:24] = special.repeat(4)
+    grad.view(-1)[::5][:12] = special.roll(1).repeat(2)
+    got = run(call, x, cond, 1, grad)
+    want = (ref(x, cond, 1), gated_backward_ref(grad, x, cond, 1, act))
+    for g, w, what in zip(got, want, ("out", "dx"), strict=False):
+        torch.testing.assert_close(g, w, equal_nan=True, msg=what)
+    torch.testing.assert_close(got[2], want[1].sum((2, 3), keepdim=True), equal_nan=True)
 
 
 @pytest.mark.parametrize("gate", GATES)
