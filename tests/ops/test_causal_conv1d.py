@@ -307,6 +307,31 @@ def test_nan_in_a_weight_entry(backend, op):
         assert torch.isfinite(dw).all()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.skipif(DEVICE != "cpu", reason="the cpu backend runs on CPU tensors")
+@pytest.mark.parametrize("path", ["direct", "op"])
+@pytest.mark.parametrize("where", ["x", "grad", "weight"])
+def test_cpu_non_finite_matches_reference(path, where, monkeypatch):
+    """An infinity and a NaN in x, in the upstream gradient or in the weight (the last tap,
+    which meets the gradient's zeros past T): the cpu backend's outputs and gradients have
+    the reference's NaNs, infinities and finite values, conv and gate."""
+    if path == "op":
+        monkeypatch.setattr(backends, "direct_call", lambda *t: False)
+    d = 2
+    x, w, b, r, grad = conv_inputs(2, 3, 4, 9, 3, d, res=2, dtype=torch.float64, device="cpu")
+    gx, gw, gb, gc, gwc, ggrad = gate_inputs(2, 3, 2, 9, 3, d, 2, dtype=torch.float64,
+                                             device="cpu")
+    for t in {"x": (x, gx), "grad": (grad, ggrad), "weight": (w, gw)}[where]:
+        t.view(-1)[[1, -3]] = torch.tensor([float("inf"), float("nan")], dtype=t.dtype)
+    for fn, inputs, g in ((conv_call, (x, w, b, r, d), grad),
+                          (wavenet_gate, (gx, gw, gb, gc, gwc, d), ggrad)):
+        want = run(fn, inputs, g, backend="reference")
+        got = run(fn, inputs, g, backend="cpu")
+        for a, e in zip(got, want, strict=True):
+            if e is not None:
+                torch.testing.assert_close(a, e, equal_nan=True, atol=1e-12, rtol=1e-12)
+
+
 def naive_wavenet_gate(x, w, bias, c, wc, d):
     return gated_tanh_ref(naive_causal_conv1d(x, w, bias, d)
                           + torch.einsum("oc,bct->bot", wc[:, :, 0], c))
