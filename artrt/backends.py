@@ -195,13 +195,17 @@ def status() -> dict[str, dict[str, str | None]]:
     return {d: {name: unavailable_reason(name, d) for name in BACKENDS} for d in devices}
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def direct_call(*tensors: torch.Tensor | None) -> bool:
     """Whether an op call on ``tensors`` (None entries ignored) may run its ``cpu`` backend as
     plain Python instead of through its torch.library op: eager mode (not compiling, not
     tracing), no TorchDispatchMode or TorchFunctionMode active (fake tensors, make_fx, opcheck
     and ``with torch.device(...)`` use one), no functorch transform (vmap, grad), and every
-    tensor a plain ``torch.Tensor`` (not a subclass such as a Parameter) on the CPU. The
-    caller still validates and selects the backend as the op does."""
+    tensor a plain ``torch.Tensor`` or ``nn.Parameter`` (whose torch functions are the
+    plain tensor's: a module's weights) on the CPU, not another subclass. The caller still
+    validates and selects the backend as the op does."""
     try:  # private torch functions: a torch without one takes the op (always correct)
         if (torch.compiler.is_compiling() or torch._C._is_tracing()
                 or torch._C._len_torch_dispatch_stack()
@@ -211,6 +215,6 @@ def direct_call(*tensors: torch.Tensor | None) -> bool:
     except AttributeError:
         return False
     for t in tensors:
-        if t is not None and not (type(t) is torch.Tensor and t.is_cpu):
+        if t is not None and not (type(t) in _PLAIN and t.is_cpu):
             return False
     return True

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from artrt.ops.masked_conv2d import (
+    _masked_conv2d,
+    check_masked_input,
     down_right_shifted_conv2d,
     down_shifted_conv2d,
-    masked_conv2d,
     tap_mask,
 )
 
@@ -59,7 +60,11 @@ class MaskedConv2d(nn.Conv2d):
                         self.color_groups, self.weight.device, self.weight.dtype)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_conv2d(x, self.weight, self.bias, self.mask_type, self.color_groups, cond)
+        # the weight's kernel, the mask and the colour groups were checked at construction:
+        # only x and cond are checked per call
+        weight = self.weight
+        check_masked_input(x, weight, cond, "MaskedConv2d")
+        return _masked_conv2d(x, weight, self.bias, self.mask_type, self.color_groups, cond)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, mask_type={self.mask_type!r}, "

@@ -278,23 +278,8 @@ def _tensor(t, what: str, name: str) -> None:
 def _check(x, weight, bias, cond, pad_top, pad_left, mask_type, color_groups,
            name: str = "artrt::tap_conv2d", residual=None) -> None:
     """Validate the arguments of every tap convolution, naming what is wrong."""
-    _tensor(x, "x", name)
-    _tensor(weight, "weight", name)
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: x must be 4-D (B, Cin, H, W), got shape {tuple(x.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"{name}: weight must be 4-D (Cout, Cin, kh, kw), got shape "
-                         f"{tuple(weight.shape)}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{name}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{name}: weight must be on x's device {x.device}, got {weight.device}")
+    _check_input(x, weight, name)
     cout, cin, kh, kw = weight.shape
-    if cin != x.shape[1]:
-        raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} expects {cin} input "
-                         f"channels, x of shape {tuple(x.shape)} has {x.shape[1]}")
     if kh < 1 or kw < 1:
         raise ValueError(f"{name}: weight must have a non-empty kernel, got {kh} x {kw}")
     for v, what in ((pad_top, "pad_top"), (pad_left, "pad_left"), (color_groups,
@@ -315,17 +300,46 @@ def _check(x, weight, bias, cond, pad_top, pad_left, mask_type, color_groups,
         if cin % color_groups or cout % color_groups:
             raise ValueError(f"{name}: color_groups={color_groups} must divide the input and "
                              f"output channel counts, got Cin={cin}, Cout={cout}")
-    for t, what, shape in ((bias, "bias", (cout,)), (cond, "cond", (x.shape[0], cout)),
-                           (residual, "residual", (x.shape[0], cout, *x.shape[2:]))):
-        if t is None:
-            continue
-        _tensor(t, what, name)
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(t.shape)}")
+    _check_like(x, bias, "bias", (cout,), name)
+    _check_like(x, cond, "cond", (x.shape[0], cout), name)
+    if residual is not None:
+        _check_like(x, residual, "residual", (x.shape[0], cout, *x.shape[2:]), name)
+
+
+def _check_input(x, weight, name: str) -> None:
+    """The checks of x against a 4-D weight (and of the weight's rank): all that a call with
+    a weight already checked (a module's, checked at construction) needs."""
+    _tensor(x, "x", name)
+    _tensor(weight, "weight", name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be 4-D (B, Cin, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be 4-D (Cout, Cin, kh, kw), got shape "
+                         f"{tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{name}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{name}: weight must be on x's device {x.device}, got {weight.device}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} expects "
+                         f"{weight.shape[1]} input channels, x of shape {tuple(x.shape)} has "
+                         f"{x.shape[1]}")
+
+
+def _check_like(x, t, what: str, shape: tuple[int, ...], name: str) -> None:
+    """``t`` (bias, cond or residual; None passes) must be a tensor of x's dtype and device
+    with ``shape``."""
+    if t is None:
+        return
+    _tensor(t, what, name)
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
+    if t.shape != shape:
+        raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(t.shape)}")
 
 
 def _check_grad(grad_out, x, weight, name="artrt::tap_conv2d_backward") -> None:
@@ -416,9 +430,10 @@ def _live_finite(weight, rects) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _cpu_mask(shape: tuple[int, ...], pad_top: int, pad_left: int, mask_type: str,
-              color_groups: int) -> torch.Tensor:
-    """:func:`tap_mask` as bool on the CPU, made once per shape."""
-    return tap_mask(shape, pad_top, pad_left, mask_type, color_groups, "cpu", torch.bool)
+              color_groups: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """:func:`tap_mask` on the CPU in ``dtype``, made once per shape (a mask depends on the
+    weight's shape only, never on its values, so it cannot go stale)."""
+    return tap_mask(shape, pad_top, pad_left, mask_type, color_groups, "cpu", dtype)
 
 
 def _rect_weights(weight, acc, rects):
@@ -437,28 +452,43 @@ def _rect_weights(weight, acc, rects):
 _RECT_TAPS = 25
 
 
-def _dense_weight(xa, weight, acc, pad_top, pad_left, mask_type, color_groups):
-    """The masked weight in dtype ``acc`` (masked entries selected to 0) when the cpu
-    forward runs one dense convolution with it, else None (the live rectangles). Dense below
-    ``_RECT_TAPS`` taps when x and that weight are finite: the masked entries' zeros then
-    meet finite values only, and aten's implicit padding (which it may skip rather than
-    multiply) cannot hide a NaN weight entry that reads only padding, so the sum is the
-    reference's. Two host reads of finiteness; never while compiling."""
+def _dense_conv(xa, weight, ba, acc, pad_top, pad_left, mask_type, color_groups):
+    """The cpu forward as one dense aten convolution with the masked weight, in dtype
+    ``acc``, when that is exact; else None (the caller takes the live rectangles).
+
+    Tried below ``_RECT_TAPS`` taps (never while compiling: it reads the host). The masked
+    weight is the weight times the 0/1 mask, so a non-finite entry at a masked position
+    becomes NaN instead of 0; the result is kept only when it is finite (one host read of
+    its sum). A finite result means x, the bias and every weight entry whose tap reaches
+    the image were finite: each x pixel meets every output channel through the centre tap
+    (a non-finite value times anything, 0 included, is non-finite), and each such weight
+    entry meets some x pixel. When the image is smaller than the kernel some taps reach only
+    the zero padding, which aten may skip rather than multiply (the reference multiplies:
+    a NaN there is NaN), so their entries are read too (a second host read, of the masked
+    weight's sum). With everything finite, the masked entries' zeros add nothing and the sum
+    is the reference's. The masked weight is made per call, not cached: a write through
+    ``weight.data`` does not bump the version a cache would key on."""
     kh, kw = weight.shape[2:]
-    # finiteness read from a sum (a NaN or inf makes it non-finite; a finite x whose sum
-    # overflows only takes the rectangles): one pass, 30x cheaper than isfinite(x).all()
-    if (mask_type == "none" or kh * kw >= _RECT_TAPS or torch.compiler.is_compiling()
-            or not math.isfinite(float(xa.sum()))):
+    if mask_type == "none" or kh * kw >= _RECT_TAPS or torch.compiler.is_compiling():
         return None
     wa = weight if weight.dtype == acc else weight.to(acc)
-    wa = torch.where(_cpu_mask(tuple(weight.shape), pad_top, pad_left, mask_type,
-                               color_groups), wa, 0)
-    return wa if math.isfinite(float(wa.sum())) else None
+    wa = wa * _cpu_mask(tuple(weight.shape), pad_top, pad_left, mask_type, color_groups, acc)
+    pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+    if pads[0] == pads[1] and pads[2] == pads[3]:
+        out = F.conv2d(xa, wa, ba, padding=(pad_top, pad_left))
+    else:
+        out = F.conv2d(F.pad(xa, pads), wa, ba)
+    # a finite x whose output sum overflows only takes the rectangles
+    if not math.isfinite(float(out.sum())):
+        return None
+    if (xa.shape[2] < kh or xa.shape[3] < kw) and not math.isfinite(float(wa.sum())):
+        return None
+    return out
 
 
 def _cpu_forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, color_groups):
     """The cpu backend's forward. Below ``_RECT_TAPS`` kernel taps with x and the kept weight
-    finite, one aten ``conv2d`` with the masked weight (:func:`_dense_weight`); otherwise one
+    finite, one aten ``conv2d`` with the masked weight (:func:`_dense_conv`); otherwise one
     aten ``conv2d`` per live rectangle of the kernel (the rows above the centre, the centre
     row's left part), each on x padded (or cropped) by one ``F.pad`` to what it reads, plus
     the colour-masked centre (:func:`_colour_centre`). As in the reference, masked weight
@@ -471,19 +501,11 @@ def _cpu_forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, 
     low = x.dtype != acc
     xa = x.to(acc) if low else x
     colour = mask_type != "none" and color_groups > 1
-    out = None
-    dense = (_dense_weight(xa, weight, acc, pad_top, pad_left, mask_type, color_groups)
-             if x.numel() and weight.numel() else None)
-    if dense is not None:
-        ba = None if bias is None else bias.to(acc) if low else bias
-        wa = dense
-        pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
-        if pads[0] == pads[1] and pads[2] == pads[3]:
-            out = F.conv2d(xa, wa, ba, padding=(pad_top, pad_left))
-        else:
-            out = F.conv2d(F.pad(xa, pads), wa, ba)
-    elif x.numel() and weight.numel():
-        ba = None if bias is None else bias.to(acc) if low else bias
+    ba = None if bias is None else bias.to(acc) if low else bias
+    nonempty = x.numel() and weight.numel()
+    out = (_dense_conv(xa, weight, ba, acc, pad_top, pad_left, mask_type, color_groups)
+           if nonempty else None)
+    if out is None and nonempty:
         spatial = "A" if colour else mask_type
         rects = _cpu_rects(kh, kw, pad_top, pad_left, spatial, 0, 0)
         if (height < kh or width < kw) and not torch.compiler.is_compiling() and _live_finite(
@@ -824,12 +846,27 @@ def masked_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise ValueError(f"{name}: mask_type must be 'A' or 'B', got {mask_type!r}")
     k = weight.shape[-1] if weight.dim() == 4 else 1
     _check(x, weight, bias, cond, k // 2, k // 2, mask_type, color_groups, name)
+    return _masked_conv2d(x, weight, bias, mask_type, color_groups, cond, backend)
+
+
+def _masked_conv2d(x, weight, bias, mask_type, color_groups, cond, backend=None):
+    """:func:`masked_conv2d` with its arguments checked (the weight, bias, mask_type and
+    color_groups of a :class:`artrt.nn.MaskedConv2d` checked at construction, x and cond by
+    :func:`check_masked_input`)."""
+    k = weight.shape[-1]
     backend = backends.requested(backend)
     out = _cpu_direct(x, weight, bias, cond, k // 2, k // 2, mask_type, color_groups, backend)
     if out is not None:
         return out
     return tap_conv2d(x, weight, bias, cond, None, k // 2, k // 2, mask_type, color_groups,
                       backend)
+
+
+def check_masked_input(x, weight, cond, name: str) -> None:
+    """The checks of :func:`masked_conv2d` that depend on x and cond only, for a weight
+    (4-D, square odd kernel), bias, mask_type and color_groups already checked."""
+    _check_input(x, weight, name)
+    _check_like(x, cond, "cond", (x.shape[0], weight.shape[0]), name)
 
 
 def _shifted(name, x, weight, bias, cond, backend, pads):

@@ -99,3 +99,37 @@ def test_colour_ordering_through_the_jacobian():
         past = want.clone()
         past[i, j] = False
         assert dep[:, past].all(), "every channel of an earlier pixel"
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_cpu_module_sees_weight_written_in_place_and_keeps_nan_semantics(size):
+    """The module's cpu path (no dispatcher, only x checked per call) follows every write to
+    its weight, including one through ``weight.data`` (which bumps no version counter), and a
+    NaN weight entry counts as in the reference: ignored at a masked position, NaN at a live
+    one even when its tap reads only the zero padding (an image smaller than the kernel)."""
+    from artrt.ops.masked_conv2d import masked_conv2d_ref
+
+    torch.manual_seed(0)
+    layer = MaskedConv2d(4, 4, 3, "B")
+    x = torch.randn(1, 4, size, size)
+
+    def check():
+        with torch.no_grad():
+            out = layer(x)
+        ref = masked_conv2d_ref(x, layer.weight.detach(), layer.bias.detach(), "B")
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        return out
+
+    check()
+    layer.weight.data.mul_(2)
+    check()
+    with torch.no_grad():
+        layer.weight[0, 0, 2, 2] = float("nan")  # masked: ignored
+    assert check().isfinite().all()
+    layer.weight.data[1, 2, 0, 0] = float("inf")  # live, reads padding at the image's edge
+    assert not check()[:, 1].isfinite().all()
+    layer.weight.data[1, 2, 0, 0] = 1.0
+    x[0, 3, 0, 0] = float("nan")
+    check()
+    with pytest.raises(ValueError, match="MaskedConv2d: weight of shape"):
+        layer(torch.randn(1, 3, size, size))

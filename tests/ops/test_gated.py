@@ -243,7 +243,12 @@ def test_direct_call():
 
     x = torch.randn(2, 4)
     assert backends.direct_call(x, None, x)
-    assert not backends.direct_call(x, torch.nn.Parameter(x))  # a subclass
+    assert backends.direct_call(x, torch.nn.Parameter(x))  # a module's weight
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not backends.direct_call(x, x.as_subclass(Sub))  # any other subclass
     assert not backends.direct_call(x, x.to("meta"))
     with torch.device("cpu"):  # a TorchFunctionMode
         assert not backends.direct_call(x)

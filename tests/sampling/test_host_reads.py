@@ -57,7 +57,7 @@ def _caller() -> str:
 # device: its finiteness checks (which pick its dense or rectangle path) are not counted.
 # The code a GPU runs (triton, cuda) has no such reads.
 _CPU_BACKEND_READS = {("masked_conv2d.py", "_live_finite"),
-                      ("masked_conv2d.py", "_dense_weight"),
+                      ("masked_conv2d.py", "_dense_conv"),
                       ("masked_conv2d.py", "_cpu_backward")}
 
 
