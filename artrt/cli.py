@@ -138,13 +138,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="global batch, split between processes (64; on --resume: the saved)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (1e-3)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="evaluate, sample and save a moving average of the weights with this "
+                   "decay, e.g. 0.995 (0: none, the default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default="run", help="folder for ckpt.pt, metrics.jsonl, "
                    "samples.png (run)")
     p.add_argument("--eval-every", type=int, default=200, help="test nll every N steps (200)")
     p.add_argument("--seed", type=int, default=None, help="init and data order seed (0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/ckpt.pt (same seed, batch size, lr and --set)")
+                   help="continue from OUT/ckpt.pt (same seed, batch size, lr, ema and --set)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in OUT (without it, or --resume, refused)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.data, steps=args.steps, batch_size=args.batch_size,
                 lr=args.lr, device=args.device, out=args.out, eval_every=args.eval_every,
                 seed=args.seed, resume=args.resume, overrides=args.overrides,
-                samples=args.samples, progress=not args.no_progress, overwrite=args.overwrite)
+                samples=args.samples, progress=not args.no_progress, overwrite=args.overwrite,
+                ema=args.ema)
             if int(os.environ.get("RANK", 0)) == 0:
                 print(f"step {result['step']}: test nll {result['test_nll']:.4f} nats, "
                       f"{result['test_bpd']:.4f} bits/dim; checkpoint {result['ckpt']}")

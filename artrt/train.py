@@ -4,8 +4,11 @@
 - :func:`train`: Adam on the mean nll (nats per example), a tqdm bar with the loss, the test
   nll in nats and bits/dim (= nll / (dims * ln 2)) every ``eval_every`` steps and at the end
   (``metrics.jsonl``), a checkpoint ``ckpt.pt`` written atomically at each evaluation, and
-  ``samples.png`` at the end. On CPU the ops run their reference, on a GPU the fused kernels
-  (the ops' own dispatch). A folder that already holds a run is refused unless asked to
+  ``samples.png`` at the end. With ``ema`` > 0, an exponential moving average of the weights
+  (Polyak averaging, as PixelCNN++ trains) is what is evaluated, sampled and saved as the
+  model; the optimizer's own weights are kept in the checkpoint for a resume. The ops
+  choose their implementation themselves (the cpu backend on a CPU, the fused kernels on a
+  GPU). A folder that already holds a run is refused unless asked to
   ``overwrite`` it or ``resume`` it; every argument is checked before any work starts.
 - Exact resume: the batch of step s is a function of (seed, s) only (epoch e is a
   ``randperm`` seeded by (seed, e)), MADE's mask set of step s too, and the checkpoint holds
@@ -30,6 +33,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import hashlib
@@ -60,7 +64,10 @@ CKPT_HEADER = b"artrt-checkpoint/2 sha256 "  # + 64 hex digits + b"\n", then the
 CKPT_LEGACY_MAGIC = b"PK\x03\x04"  # version 1 files: the bare torch.save zip, no checksum
 CKPT_MODEL_KEYS = ("config", "model_state")  # needed to build the model
 CKPT_RESUME_KEYS = ("data", "optimizer_state", "step", "rng", "train")  # and to train on
-TRAIN_SETTINGS = (("seed", "--seed"), ("batch_size", "--batch-size"), ("lr", "--lr"))
+TRAIN_SETTINGS = (("seed", "--seed"), ("batch_size", "--batch-size"), ("lr", "--lr"),
+                  ("ema", "--ema"))
+# Settings added later: a checkpoint without one was trained with this value.
+TRAIN_SETTING_DEFAULTS = {"ema": 0.0}
 CKPT_NAME = "ckpt.pt"
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_NAME = "samples.png"
@@ -420,13 +427,15 @@ def _check_resume(ckpt: dict[str, Any], path: Path, model: str, data: str, steps
     _require(ckpt, path, CKPT_RESUME_KEYS)
     if not isinstance(ckpt["train"], dict):
         raise CheckpointError(f"{path}: the checkpoint's 'train' entry is not a dict")
-    _require(ckpt["train"], path, [name for name, _ in TRAIN_SETTINGS], "checkpoint's 'train'")
+    _require(ckpt["train"], path, [name for name, _ in TRAIN_SETTINGS
+                                   if name not in TRAIN_SETTING_DEFAULTS],
+             "checkpoint's 'train'")
     if ckpt["model"] != model:
         raise CheckpointError(f"{path} holds a {ckpt['model']!r} model, not {model!r}")
     if ckpt["data"] != data:
         raise CheckpointError(f"{path} was trained on {ckpt['data']!r}, not {data!r}")
     for name, flag in TRAIN_SETTINGS:
-        saved = ckpt["train"][name]
+        saved = ckpt["train"].get(name, TRAIN_SETTING_DEFAULTS.get(name))
         if given[name] is not None and given[name] != saved:
             raise ValueError(f"{flag} {given[name]} differs from {name} = {saved} saved in "
                              f"{path}: a resumed run keeps its settings (exact resume); omit "
@@ -453,21 +462,27 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
           lr: float | None = None, device: str | None = None, out: str | os.PathLike = "run",
           eval_every: int = 200, seed: int | None = None, resume: bool = False,
           overrides: Sequence[str] = (), samples: int = 64, progress: bool = True,
-          data_root: str | os.PathLike | None = None, overwrite: bool = False
-          ) -> dict[str, Any]:
+          data_root: str | os.PathLike | None = None, overwrite: bool = False,
+          ema: float | None = None) -> dict[str, Any]:
     """Train model ``model`` (a key of :data:`artrt.models.MODELS`) on data set ``data`` for
     ``steps`` optimizer steps in total, writing into the folder ``out``:
 
     - ``ckpt.pt``: model name, config (a dict), data name, model and optimizer state, step,
-      RNG states, and the training settings (seed, batch_size, lr); written atomically after
-      every evaluation.
+      RNG states, and the training settings (seed, batch_size, lr, ema); written atomically
+      after every evaluation. With ``ema``, ``model_state`` holds the averaged weights (what
+      ``artrt sample`` and :func:`load_checkpoint` use) and ``optimizer_model_state`` the
+      optimizer's own.
     - ``metrics.jsonl``: one JSON line per evaluation: step, train loss (mean nats since the
       last line; rank 0's share of the batch under torchrun), test nll (nats per example)
       and bits/dim.
     - ``samples.png``: a grid of ``samples`` samples at the end (0: none).
 
-    batch_size, lr, seed: default 64, 1e-3, 0 (on resume: the checkpoint's; a value other
-    than the saved one is refused). overrides: ``key=value`` fields of the model's config.
+    batch_size, lr, seed, ema: default 64, 1e-3, 0, 0 (on resume: the checkpoint's; a value
+    other than the saved one is refused). ema: the decay of an exponential moving average of
+    the weights (e.g. 0.995; 0: none), updated after every optimizer step with the decay
+    ``min(ema, (1 + s) / (10 + s))`` at step s (short runs are not dominated by the
+    initial weights); the test nll, the samples and the saved model are the average's.
+    overrides: ``key=value`` fields of the model's config.
     resume: continue from ``out/ckpt.pt`` up to ``steps`` (> the saved step). overwrite:
     start afresh in a folder that already holds a run (its ckpt.pt, metrics.jsonl and
     samples.png are removed); without it (or resume) such a folder is refused. progress: a
@@ -490,6 +505,9 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
         raise ValueError(f"steps must be >= 0 and eval_every >= 1, got {steps}, {eval_every}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ValueError(f"--samples must be an int >= 0 (0: no samples.png), got {samples!r}")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float))
+                            or not 0.0 <= ema < 1.0):
+        raise ValueError(f"--ema must be a decay in [0, 1) (0: no averaging), got {ema!r}")
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: "
                          "give one of them")
@@ -507,13 +525,16 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
     if resume:
         ckpt = read_checkpoint(ckpt_path)
         _check_resume(ckpt, ckpt_path, model, data, steps,
-                      {"seed": seed, "batch_size": batch_size, "lr": lr}, overrides)
+                      {"seed": seed, "batch_size": batch_size, "lr": lr, "ema": ema},
+                      overrides)
         kept_metrics = _metrics_upto(out / METRICS_NAME, ckpt["step"])
         saved = ckpt["train"]
         seed = saved["seed"] if seed is None else seed
         batch_size = saved["batch_size"] if batch_size is None else batch_size
         lr = saved["lr"] if lr is None else lr
+        ema = saved.get("ema", TRAIN_SETTING_DEFAULTS["ema"]) if ema is None else ema
     seed = 0 if seed is None else seed
+    ema = 0.0 if ema is None else float(ema)
     batch_size = 64 if batch_size is None else batch_size
     lr = 1e-3 if lr is None else lr
 
@@ -540,6 +561,15 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
         else:
             net = MODELS[model][0](build_config(model, train_set, overrides))
         net.to(dev).train()
+        # the moving average (a copy of the model, never trained) and the model the test
+        # nll, the samples and the checkpoint's model_state are taken from
+        avg = copy.deepcopy(net).requires_grad_(False) if ema else None
+        if avg is not None and ckpt is not None:
+            if "optimizer_model_state" not in ckpt:
+                raise CheckpointError(f"{ckpt_path}: trained with --ema but holds no "
+                                      f"'optimizer_model_state' entry (damaged)")
+            net.load_state_dict(ckpt["optimizer_model_state"])
+        final = net if avg is None else avg
         loss_fn: nn.Module = _MeanNLL(net)
         if world > 1:
             loss_fn = nn.parallel.DistributedDataParallel(
@@ -575,13 +605,14 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
             save_checkpoint(ckpt_path, {
                 "format": CKPT_FORMAT, "version": CKPT_VERSION, "model": model,
                 "config": dataclasses.asdict(net.config), "data": data,
-                "model_state": net.state_dict(), "optimizer_state": opt.state_dict(),
+                "model_state": final.state_dict(), "optimizer_state": opt.state_dict(),
                 "step": step, "rng": _rng_state(),
-                "train": {"seed": seed, "batch_size": batch_size, "lr": lr},
+                "train": {"seed": seed, "batch_size": batch_size, "lr": lr, "ema": ema},
+                **({} if avg is None else {"optimizer_model_state": net.state_dict()}),
             })
 
         def log_eval(train_loss: float | None) -> dict[str, Any]:
-            nll = evaluate(net, test_set, dev, rank=rank, world=world)
+            nll = evaluate(final, test_set, dev, rank=rank, world=world)
             row = {"step": step, "train_loss": train_loss, "test_nll": nll,
                    "test_bpd": nll / (dims * math.log(2)), "time": time.time()}
             if writer:
@@ -607,6 +638,8 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if avg is not None:
+                _update_average(avg, net, min(ema, (1 + step) / (10 + step)))
             step += 1
             losses.append(loss.item())
             bar.update(1)
@@ -619,7 +652,7 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
         if row is None:  # a fresh run with steps=0: evaluate and checkpoint the init
             row = log_eval(None)
         if writer and samples:
-            sample_grid(net, samples, out / SAMPLES_NAME, seed=seed)
+            sample_grid(final, samples, out / SAMPLES_NAME, seed=seed)
         if world > 1:
             dist.barrier()  # tear the group down together: gloo aborts a rank left behind
         return {"step": step, "test_nll": row["test_nll"], "test_bpd": row["test_bpd"],
@@ -627,6 +660,17 @@ def train(model: str, data: str, *, steps: int = 1000, batch_size: int | None = 
     finally:
         if started_group:
             dist.destroy_process_group()
+
+
+@torch.no_grad()
+def _update_average(avg: nn.Module, net: nn.Module, decay: float) -> None:
+    """avg <- decay avg + (1 - decay) net, parameter by parameter; buffers (masks, ...)
+    copied from net."""
+    params = [p for p in avg.parameters() if p.is_floating_point()]
+    torch._foreach_lerp_(params, [p for p in net.parameters() if p.is_floating_point()],
+                         1.0 - decay)
+    for b_avg, b in zip(avg.buffers(), net.buffers(), strict=True):
+        b_avg.copy_(b)
 
 
 def _metrics_upto(path: Path, step: int) -> list[str]:

@@ -21,12 +21,14 @@ import torch
 pytest.importorskip("sklearn", reason="digits8x8 needs the [data] extra (scikit-learn)")
 
 from artrt import cli  # noqa: E402
+from artrt import data as artrt_data  # noqa: E402
 from artrt.grid import grid_image, png_bytes  # noqa: E402
 from artrt.train import (  # noqa: E402
     CKPT_HEADER,
     CheckpointError,
     _load_verified,
     batch_indices,
+    evaluate,
     load_checkpoint,
     parse_overrides,
     read_checkpoint,
@@ -79,23 +81,63 @@ def test_cli_train_loss_goes_down_and_writes_files(tmp_path, capsys):
     assert _png_size(grid.read_bytes()) == (3 * 33 + 1, 10 * 33 + 1, 0)
 
 
-@pytest.mark.parametrize("model", ["pixelcnn", "made"])
-def test_resume_reproduces_a_straight_run(tmp_path, model):
+@pytest.mark.parametrize(("model", "ema"), [("pixelcnn", 0.0), ("made", 0.0), ("made", 0.9)])
+def test_resume_reproduces_a_straight_run(tmp_path, model, ema):
     kw = dict(data="digits8x8", batch_size=16, lr=2e-3, device="cpu", eval_every=3, seed=5,
-              overrides=TINY[model], samples=0, progress=False)
+              overrides=TINY[model], samples=0, progress=False, ema=ema)
     train(model, steps=8, out=tmp_path / "straight", **kw)
     train(model, steps=4, out=tmp_path / "split", **kw)
     train(model, steps=8, out=tmp_path / "split", resume=True, **kw)
     a, b = (read_checkpoint(tmp_path / d / "ckpt.pt") for d in ("straight", "split"))
     assert a["step"] == b["step"] == 8
-    for k, v in a["model_state"].items():
-        assert torch.equal(v, b["model_state"][k]), k
+    states = ["model_state"] + (["optimizer_model_state"] if ema else [])
+    for state in states:
+        for k, v in a[state].items():
+            assert torch.equal(v, b[state][k]), (state, k)
     for k, st in a["optimizer_state"]["state"].items():
         for name, v in st.items():
             assert torch.equal(v, b["optimizer_state"]["state"][k][name]), (k, name)
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 4, 6, 8]
+
+
+def test_ema_averages_the_trajectory_without_changing_it(tmp_path):
+    """With --ema the optimizer's weights are those of a run without it, and the saved model
+    is their moving average: avg_0 = w_0, avg_s+1 = d_s avg_s + (1 - d_s) w_s+1 with
+    d_s = min(ema, (1 + s) / (10 + s))."""
+    ema, steps = 0.6, 4
+    kw = dict(data="digits8x8", batch_size=8, lr=1e-2, device="cpu", eval_every=1, seed=2,
+              overrides=TINY["pixelcnn"], samples=0, progress=False)
+    train("pixelcnn", steps=steps, out=tmp_path / "ema", ema=ema, **kw)
+    got = read_checkpoint(tmp_path / "ema" / "ckpt.pt")
+    assert got["train"]["ema"] == ema
+    weights = []
+    for s in range(steps + 1):  # w_0 .. w_steps: the plain run's weights after s steps
+        train("pixelcnn", steps=s, out=tmp_path / "plain", overwrite=True, **kw)
+        weights.append(read_checkpoint(tmp_path / "plain" / "ckpt.pt")["model_state"])
+    assert "optimizer_model_state" not in read_checkpoint(tmp_path / "plain" / "ckpt.pt")
+    for k, v in weights[-1].items():
+        assert torch.equal(got["optimizer_model_state"][k], v), k
+    avg = {k: v.clone() for k, v in weights[0].items()}
+    for s in range(steps):
+        d = min(ema, (1 + s) / (10 + s))
+        for k in avg:
+            if avg[k].is_floating_point():
+                avg[k] = d * avg[k] + (1 - d) * weights[s + 1][k]
+            else:
+                avg[k] = weights[s + 1][k]
+    moved = 0
+    for k, v in avg.items():
+        torch.testing.assert_close(got["model_state"][k], v, rtol=1e-5, atol=1e-6)
+        moved += not torch.equal(got["model_state"][k], weights[-1][k])
+    assert moved  # the average is not the last weights
+    # the test nll of the metrics is the average's
+    net, _ = load_checkpoint(tmp_path / "ema" / "ckpt.pt")
+    last = json.loads((tmp_path / "ema" / "metrics.jsonl").read_text().splitlines()[-1])
+    test_set = artrt_data.load("digits8x8", "test")
+    assert evaluate(net, test_set, torch.device("cpu")) == pytest.approx(last["test_nll"],
+                                                                        rel=1e-6)
 
 
 def test_batch_order_is_a_function_of_seed_and_step():
@@ -174,6 +216,9 @@ def test_clear_errors(tmp_path, capsys):
                                         "digits8x8", "--set", "widht=3", *base)
     assert "no checkpoint" in _error(capsys, "train", "--model", "made", "--data",
                                      "digits8x8", "--resume", *base)
+    for bad in ("1", "-0.1", "nan"):
+        assert f"--ema must be a decay in [0, 1) (0: no averaging), got {float(bad)}" in _error(
+            capsys, "train", "--model", "made", "--data", "digits8x8", "--ema", bad, *base)
     assert cli.main(["train", "--model", "made", "--data", "digits8x8", "--set", "hidden=8",
                      *base]) == 0
     capsys.readouterr()
@@ -250,7 +295,8 @@ def test_existing_run_is_refused_without_overwrite(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("flag", "given", "saved"), [
-    ("--seed", "2", "1"), ("--lr", "0.002", "0.001"), ("--batch-size", "16", "8")])
+    ("--seed", "2", "1"), ("--lr", "0.002", "0.001"), ("--batch-size", "16", "8"),
+    ("--ema", "0.9", "0.0")])
 def test_resume_refuses_changed_settings(tmp_path, capsys, flag, given, saved):
     out = tmp_path / "run"
     _tiny_run(out)  # seed 1, lr 0.001, batch 8
@@ -302,6 +348,11 @@ def test_old_format_checkpoint_still_loads_and_resumes(tmp_path):
     assert load_checkpoint(out / "ckpt.pt")[1]["step"] == 2
     assert _tiny_run(out, steps=4, resume=True)["step"] == 4
     assert (out / "ckpt.pt").read_bytes().startswith(CKPT_HEADER)  # rewritten as version 2
+    ckpt = read_checkpoint(out / "ckpt.pt")  # written before --ema existed: no "ema" entry
+    del ckpt["train"]["ema"]
+    save_checkpoint(out / "ckpt.pt", ckpt)
+    assert _tiny_run(out, steps=6, resume=True)["step"] == 6
+    assert read_checkpoint(out / "ckpt.pt")["train"]["ema"] == 0.0
 
 
 def test_orphaned_temporary_files_are_removed(tmp_path):
