@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -64,7 +65,9 @@ def _table_rows(name: str, nll: float, bpd: float, steps: int
 class Demo:
     """The budget of one model in ``artrt demo``: ``steps`` Adam steps at learning rate
     ``lr`` and ``batch_size``, the config fields ``overrides`` (``key=value``), test NLL every
-    ``eval_every`` steps and the cached-vs-plain timing on ``timed`` samples."""
+    ``eval_every`` steps and the cached-vs-plain timing on ``timed`` samples; ``ema``: the
+    decay of the moving average of the weights that is evaluated and sampled (0: none; see
+    :func:`artrt.train.train`)."""
 
     steps: int
     batch_size: int
@@ -72,6 +75,7 @@ class Demo:
     eval_every: int
     timed: int
     lr: float = 1e-3
+    ema: float = 0.0
 
 
 DEMOS: dict[str, Demo] = {
@@ -79,7 +83,9 @@ DEMOS: dict[str, Demo] = {
                                      "num_classes=10"), 100, 2, 3e-3),
     "pixelcnn": Demo(300, 32, ("num_classes=10",), 100, 2),
     "pixelcnnpp": Demo(300, 16, ("channels=16", "blocks=1", "num_mix=3"), 100, 1),
-    "multiscale": Demo(800, 32, ("num_classes=10",), 200, 2, 3e-3),
+    "multiscale": Demo(800, 32, ("num_classes=10", "base_channels=64", "base_layers=4",
+                                 "base_kernel=5", "channels=48", "layers=3"), 200, 2, 3e-3,
+                       0.995),
     "made": Demo(5000, 64, ("num_classes=10",), 1000, 8),
     "arrnn": Demo(250, 32, ("hidden=128", "num_classes=10"), 50, 2),
     "wavenet": Demo(400, 32, ("res_channels=16", "gate_channels=16", "skip_channels=32",
@@ -138,6 +144,12 @@ def _timed_sampling(model, n: int, seed: int) -> dict[str, float]:
     return times
 
 
+def _seconds(t: float) -> str:
+    """A time in seconds to at least 3 significant digits, in fixed point (the printed
+    times give back the printed speed-up, even for a cache that takes milliseconds)."""
+    return f"{t:.{max(2, 2 - math.floor(math.log10(t)))}f}" if t > 0 else "0"
+
+
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
     """Training loss and test NLL (nats per image) against the step into the PNG ``path``;
     False (nothing written) without matplotlib."""
@@ -176,7 +188,9 @@ def _report(path: Path, facts: dict[str, Any]) -> None:
         "",
         f"{f['runs_on']}. artrt {f['artrt']}, torch {f['torch']}.",
         "",
-        f"Trained for {f['steps']} steps at batch {f['batch_size']} (Adam, lr {f['lr']:g}; config "
+        f"Trained for {f['steps']} steps at batch {f['batch_size']} (Adam, lr {f['lr']:g}"
+        + (f", evaluated and sampled with the moving average of the weights (decay "
+           f"{f['ema']:g})" if f["ema"] else "") + "; config "
         f"{', '.join(f['overrides']) or 'default'}; {f['parameters']:,} parameters) in "
         f"{f['train_s']:.0f} s.",
         "",
@@ -202,9 +216,10 @@ def _report(path: Path, facts: dict[str, Any]) -> None:
         "",
         "| sampler | samples | time (s) | per sample (s) |",
         "|---|---|---|---|",
-        f"| cache (`model.sample(n)`) | {f['timed']} | {f['cached_s']:.2f} | "
+        f"| cache (`model.sample(n)`) | {f['timed']} | {_seconds(f['cached_s'])} | "
         f"{f['cached_s'] / f['timed']:.3f} |",
-        f"| plain loop (`model.sample(n, cache=False)`) | {f['timed']} | {f['plain_s']:.2f} | "
+        f"| plain loop (`model.sample(n, cache=False)`) | {f['timed']} | "
+        f"{_seconds(f['plain_s'])} | "
         f"{f['plain_s'] / f['timed']:.3f} |",
         "",
         f"Speed-up of the cache: **{f['speedup']:.1f}x**, the same samples "
@@ -254,10 +269,12 @@ def run(model: str = DEFAULT, *, steps: int | None = None, seed: int = 0,
     runs_on = _what_runs(device)
     print(f"\n{runs_on}")
     print(f"training {model} on {DATA} for {steps} steps (batch {budget.batch_size}, Adam "
-          f"lr {budget.lr:g}, {', '.join(overrides) or 'default config'}) into {out}/")
+          f"lr {budget.lr:g}" + (f", weights averaged with decay {budget.ema:g}" if budget.ema
+                                 else "")
+          + f", {', '.join(overrides) or 'default config'}) into {out}/")
     start = time.perf_counter()
     result = train(model, DATA, steps=steps, batch_size=budget.batch_size, lr=budget.lr,
-                   device=device,
+                   ema=budget.ema, device=device,
                    out=out, eval_every=min(budget.eval_every, steps), seed=seed,
                    overrides=list(overrides), samples=0, progress=True, overwrite=True)
     train_s = time.perf_counter() - start
@@ -280,7 +297,8 @@ def run(model: str = DEFAULT, *, steps: int | None = None, seed: int = 0,
 
     t = _timed_sampling(net, timed, seed)
     speedup = t["plain"] / t["cached"]
-    print(f"sampling {timed} at once: cache {t['cached']:.2f} s, plain loop {t['plain']:.2f} s: "
+    print(f"sampling {timed} at once: cache {_seconds(t['cached'])} s, plain loop "
+          f"{_seconds(t['plain'])} s: "
           f"the cache is {speedup:.1f}x faster"
           + ("" if t["agree"] else " (WARNING: the two samplers disagree)"))
 
@@ -290,6 +308,7 @@ def run(model: str = DEFAULT, *, steps: int | None = None, seed: int = 0,
         "model": model, "class_name": type(net).__name__, "runs_on": runs_on,
         "artrt": _version(), "torch": torch.__version__,
         "steps": result["step"], "batch_size": budget.batch_size, "lr": budget.lr,
+        "ema": budget.ema,
         "overrides": overrides,
         "parameters": sum(p.numel() for p in net.parameters()), "train_s": train_s,
         "test_nll": result["test_nll"], "test_bpd": result["test_bpd"],
