@@ -450,34 +450,57 @@ def _rect_weights(weight, acc, rects):
 # (measured, 1 thread, B16 64->64 28x28 mask B, forward + backward vs plain: dense k3 1.12x
 # / k5 1.04x / k7 1.02x; rectangles k3 1.6x (reference), k5 0.95x, k7 0.83x).
 _RECT_TAPS = 25
+# ... unless the taps are few in input channels or the centre is colour-masked: there the
+# dense convolution wins at any size (measured, 1 thread, forward, 7x7 mask A, 16x28x28:
+# colour groups 3->96 dense 2.4 / rectangles 6.4 ms, 48->48 15.1 / 19.9 ms; no colour
+# groups 1->64 0.94 / 1.47 ms, 4->64 2.03 / 2.11 ms, 16->64 mask B 7.1 / 5.8 ms).
+_DENSE_CIN = 4
+
+
+def _by_rectangles(weight_shape: tuple[int, ...], color_groups: int) -> bool:
+    """Whether the cpu backend computes a masked convolution of this weight shape over its
+    live rectangles (forward and backward) rather than densely with the masked weight."""
+    _, cin, kh, kw = weight_shape
+    return kh * kw >= _RECT_TAPS and color_groups == 1 and cin > _DENSE_CIN
 
 
 def _dense_conv(xa, weight, ba, acc, pad_top, pad_left, mask_type, color_groups):
     """The cpu forward as one dense aten convolution with the masked weight, in dtype
     ``acc``, when that is exact; else None (the caller takes the live rectangles).
 
-    Tried below ``_RECT_TAPS`` taps (never while compiling: it reads the host). The masked
-    weight is the weight times the 0/1 mask, so a non-finite entry at a masked position
-    becomes NaN instead of 0; the result is kept only when it is finite (one host read of
-    its sum). A finite result means x, the bias and every weight entry whose tap reaches
-    the image were finite: each x pixel meets every output channel through the centre tap
-    (a non-finite value times anything, 0 included, is non-finite), and each such weight
-    entry meets some x pixel. When the image is smaller than the kernel some taps reach only
-    the zero padding, which aten may skip rather than multiply (the reference multiplies:
-    a NaN there is NaN), so their entries are read too (a second host read, of the masked
-    weight's sum). With everything finite, the masked entries' zeros add nothing and the sum
-    is the reference's. The masked weight is made per call, not cached: a write through
+    Tried below ``_RECT_TAPS`` taps, with colour groups, or with at most ``_DENSE_CIN``
+    input channels (never while compiling: it reads the host). The masked weight is the
+    weight times the 0/1 mask, so a non-finite entry at a masked position becomes NaN
+    instead of 0. When x and the masked weight are together smaller than the output, both
+    are read for finiteness before the convolution (two host reads of sums; both finite,
+    every term is finite). Otherwise the result is kept only when it is finite (one host
+    read of its sum): a finite result means x, the bias and every weight entry whose tap
+    reaches the image were finite, because each x pixel meets every output channel through
+    the centre tap (a non-finite value times anything, 0 included, is non-finite) and each
+    such weight entry meets some x pixel. When the image is smaller than the kernel some
+    taps reach only the zero padding, which aten may skip rather than multiply (the
+    reference multiplies: a NaN there is NaN), so their entries are read too (the masked
+    weight's sum). With everything finite, the masked entries' zeros add nothing and the
+    sum is the reference's. The masked weight is made per call, not cached: a write through
     ``weight.data`` does not bump the version a cache would key on."""
-    kh, kw = weight.shape[2:]
-    if mask_type == "none" or kh * kw >= _RECT_TAPS or torch.compiler.is_compiling():
+    cout, _, kh, kw = weight.shape
+    if mask_type == "none" or torch.compiler.is_compiling() or _by_rectangles(
+            weight.shape, color_groups):
         return None
     wa = weight if weight.dtype == acc else weight.to(acc)
     wa = wa * _cpu_mask(tuple(weight.shape), pad_top, pad_left, mask_type, color_groups, acc)
+    # the operands checked when they are smaller than the output (a bias needs no check:
+    # the reference adds it to every output pixel as the convolution does)
+    checked = xa.numel() + wa.numel() < xa.shape[0] * cout * xa.shape[2] * xa.shape[3]
+    if checked and not (math.isfinite(float(xa.sum())) and math.isfinite(float(wa.sum()))):
+        return None
     pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
     if pads[0] == pads[1] and pads[2] == pads[3]:
         out = F.conv2d(xa, wa, ba, padding=(pad_top, pad_left))
     else:
         out = F.conv2d(F.pad(xa, pads), wa, ba)
+    if checked:
+        return out
     # a finite x whose output sum overflows only takes the rectangles
     if not math.isfinite(float(out.sum())):
         return None
@@ -537,7 +560,8 @@ def _cpu_forward(x, weight, bias, cond, residual, pad_top, pad_left, mask_type, 
 
 def _cpu_backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_groups, need_x,
                   need_w):
-    """The cpu backend's (dx, dweight, dcond): from 25 taps on, or when ``grad_out`` holds a
+    """The cpu backend's (dx, dweight, dcond): where the forward takes the live rectangles
+    by shape (:func:`_by_rectangles`), or when ``grad_out`` holds a
     NaN or an infinity (seen in its sum dcond; a dense convolution would carry it through the
     masked entries' zeros to inputs the output cannot see), the reference's live rectangles;
     otherwise dense aten convolutions with the masked weight (masked entries selected to 0,
@@ -557,7 +581,7 @@ def _cpu_backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_group
                 torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w
                 else dw, dcond)
     kh, kw = weight.shape[2:]
-    if mask_type != "none" and (kh * kw >= _RECT_TAPS
+    if mask_type != "none" and (_by_rectangles(weight.shape, color_groups)
                                 or not bool(torch.isfinite(dcond).all())):
         dx, dw, dcond = tap_conv2d_backward_ref(grad_out, x, weight, pad_top, pad_left,
                                                 mask_type, color_groups)

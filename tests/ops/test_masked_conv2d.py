@@ -777,3 +777,30 @@ def test_gpu_shifted_real_shapes(dtype, kind, kernel):
     got = run(fn, x, wt, bias, cond, grad, backend="triton")
     for g, lp, f, what in zip(got, lowp, fp64, ("out", "dx", "dw", "db", "dc"), strict=True):
         assert_close_lowp(g, lp, f, f"{kind} {dtype} {what}")
+
+
+@pytest.mark.parametrize("k, mask_type, groups", [(1, "B", 3), (3, "B", 3), (7, "A", 3),
+                                                  (7, "A", 1), (5, "B", 1)])
+@pytest.mark.parametrize("bad", ["x", "masked weight", "live weight"])
+def test_cpu_dense_forward_wide_output_keeps_nan_semantics(k, mask_type, groups, bad):
+    """Few input channels into many output channels (x and the weight smaller than the
+    output: the cpu forward checks the operands, not the output, before its dense
+    convolution; 7x7 with colour groups or 1 input channel is dense too): a NaN in x, at a
+    masked weight entry or at a live one reaches exactly the outputs it reaches in the
+    reference."""
+    cin = groups
+    x = torch.randn(2, cin, 6, 5)
+    w = torch.randn(48, cin, k, k)
+    mask = tap_mask(w.shape, k // 2, k // 2, mask_type, groups, "cpu", torch.bool)
+    if bad == "x":
+        x[1, cin - 1, 2, 3] = float("nan")
+    else:
+        where = (~mask if bad == "masked weight" else mask).nonzero()
+        if not len(where):
+            pytest.skip("no masked entry")
+        w[tuple(where[len(where) // 2])] = float("nan")
+    want = masked_conv2d_ref(x, w, None, mask_type, groups)
+    got = masked_conv2d(x, w, None, mask_type, groups, backend="cpu")
+    assert torch.equal(got.isnan(), want.isnan())
+    assert (bad == "masked weight") != bool(want.isnan().any())
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num())
