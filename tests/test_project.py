@@ -28,7 +28,7 @@ def test_readme_python_examples(index):
 
 
 def test_readme_commands_exist():
-    assert 'pip install -e ".[test,data]" && pytest' in README
+    assert 'pip install -e ".[test,data]" && pytest -n auto' in README
     assert 'pip install -e ".[data]" && artrt info && artrt demo' in README
 
 
