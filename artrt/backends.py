@@ -81,6 +81,28 @@ def requested(backend: str | None = None) -> str:
     return _forced[-1] if _forced else AUTO
 
 
+# ARTRT_BACKEND is read at every op call. Whether it is set, asked of os.environ's own dict
+# under the encoded name (0.03 us, against 0.6 us for os.environ.get, which encodes the key
+# and decodes the value each time); os.environ.get where that dict is not there.
+try:
+    _ENVIRON, _ENV_KEY = os.environ._data, os.environ.encodekey("ARTRT_BACKEND")
+except AttributeError:
+    _ENVIRON = _ENV_KEY = None
+
+
+def _env_set() -> bool:
+    """Whether ARTRT_BACKEND is set to a non-empty value."""
+    if _ENVIRON is not None:
+        return bool(_ENVIRON.get(_ENV_KEY))
+    return bool(os.environ.get("ARTRT_BACKEND"))
+
+
+def nothing_forced() -> bool:
+    """Whether an op call with ``backend=None`` makes the default choice: no
+    :func:`use_backend` block and no ARTRT_BACKEND force one."""
+    return not _forced and not _env_set()
+
+
 def _env_backend() -> str:
     raw = os.environ.get("ARTRT_BACKEND")  # read at every call: it may change at run time
     if not raw:
@@ -184,7 +206,7 @@ def selects_cpu(op: str, x: torch.Tensor, backend: str, preference: Sequence[str
     call (nothing forced, a CPU tensor of a dtype the cpu backend takes) its answer without
     its cost (2 us)."""
     if (backend == AUTO and "cpu" in preference and x.dtype in CPU_DTYPES and x.is_cpu
-            and not os.environ.get("ARTRT_BACKEND")):
+            and not _env_set()):
         return True
     return select(op, x.device, x.dtype, backend, preference) == "cpu"
 

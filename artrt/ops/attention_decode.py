@@ -20,10 +20,12 @@ So N decode steps after a prefix give the rows of the full causal attention
 (:func:`artrt.ops.attention.causal_attention`) for those positions. For an arbitrary
 generation order, feed tokens in generation order: in that order the mask is causal.
 
-The ``cpu`` backend appends with slice copies and runs aten's CPU flash-attention kernel on
-each sequence's valid prefix only (one call when every sequence has the same length, else one
-per sequence); in eager mode on plain CPU tensors it is called without the torch.library
-dispatcher (see :func:`artrt.backends.direct_call`).
+The ``cpu`` backend appends with slice copies (one ``index_copy_`` at ``cache_seqlens`` for the
+one new position of a single sequence) and runs aten's CPU flash-attention kernel on each
+sequence's valid prefix only (one call when every sequence has the same length, else one per
+sequence); in eager mode on plain CPU tensors it is called without the torch.library
+dispatcher (see :func:`artrt.backends.direct_call`), the common step (one query, equal
+lengths, contiguous caches) through checks written for the least work per call.
 
 The op is ``artrt::attention_decode`` (mutates ``k_cache`` and ``v_cache``; inference only,
 no autograd). ``cache_seqlens`` is not advanced: the caller (e.g.
@@ -31,6 +33,8 @@ no autograd). ``cache_seqlens`` is not advanced: the caller (e.g.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,6 +53,9 @@ from artrt.ops.attention import (
 # Backends of this op, fastest first on CUDA tensors (provisional until measured on a GPU);
 # CPU tensors take "cpu" (see artrt.backends.select).
 PREFERENCE = ("triton", "cpu", "reference")
+
+_INT64 = torch.int64
+_INDEX_DTYPES = (torch.int32, _INT64)  # of cache_seqlens
 
 
 # --------------------------------------------------------------------------- reference
@@ -202,10 +209,12 @@ def _check_lengths(cache_seqlens: torch.Tensor, t_new: int, t_max: int,
 
 # --------------------------------------------------------------------------- cpu backend
 
-def _cpu_rows(q, k_cache, v_cache, length: int, scale: float, strict: bool) -> torch.Tensor:
+def _cpu_rows(q, k_cache, v_cache, length: int, scale: float | None, strict: bool
+              ) -> torch.Tensor:
     """Attention of q (B, H, Tq, D) to the first ``length`` cached positions of sequences that
     all have that length (after the append), bottom-right aligned: query t sees keys
-    j <= length - Tq + t (< when strict). Reads no key at or past ``length``."""
+    j <= length - Tq + t (< when strict). Reads no key at or past ``length``. ``scale`` None:
+    1 / sqrt(D), the kernel's own default."""
     tq = q.shape[2]
     n_keys = length - strict  # keys the last query sees
     if n_keys <= 0:
@@ -215,27 +224,66 @@ def _cpu_rows(q, k_cache, v_cache, length: int, scale: float, strict: bool) -> t
     if k.shape[1] != q.shape[1]:
         k, v = _kv_heads(q, k, v)
     if tq == 1:  # the one query sees every key
-        return _FLASH(q, k, v, 0.0, False, scale=scale)[0].contiguous()
+        return _FLASH(q, k, v, scale=scale)[0].contiguous()
     first = n_keys - tq  # last key query 0 sees; query t sees keys <= first + t
     j = torch.arange(n_keys, device=q.device)
     last = first + torch.arange(tq, device=q.device)
     mask = torch.zeros(tq, n_keys, dtype=q.dtype, device=q.device)
     mask.masked_fill_(j > last[:, None], float("-inf"))
-    out = _FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)[0].contiguous()
+    out = _FLASH(q, k, v, attn_mask=mask, scale=scale)[0].contiguous()
     if first < -1:  # queries 0 .. -first-2 see no key at all: zeros, as documented
         out[:, :, :-first - 1] = 0
     return out
 
 
+def _cpu_one_query(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                   start: int, t_new: int) -> torch.Tensor:
+    """The cpu backend for one query per sequence (Tq = 1) when every sequence holds
+    ``start`` positions (checked) before the append of ``t_new``: append, then one flash
+    call on the valid prefix. The decode step: written for the least work per call (views
+    taken with the caches' own strides, as narrow takes them but at a lower cost)."""
+    b, h, _, d = q.shape
+    hk = k_cache.shape[1]
+    k_stride, v_stride = k_cache.stride(), v_cache.stride()
+    k_offset, v_offset = k_cache.storage_offset(), v_cache.storage_offset()
+    if t_new == 1 and b == 1 and cache_seqlens.dtype is _INT64:
+        # one new position of one sequence: cache_seqlens itself is the index (no view)
+        k_cache.index_copy_(2, cache_seqlens, k_new)
+        v_cache.index_copy_(2, cache_seqlens, v_new)
+    elif t_new:
+        shape = (b, hk, t_new, d)
+        k_cache.as_strided(shape, k_stride, k_offset + start * k_stride[2]).copy_(k_new)
+        v_cache.as_strided(shape, v_stride, v_offset + start * v_stride[2]).copy_(v_new)
+    n_keys = start + t_new - strict  # the query sees every key
+    if n_keys <= 0:
+        return q.new_zeros(q.shape)
+    if k_stride[3] == 1 and v_stride[3] == 1:
+        k = k_cache.as_strided((b, hk, n_keys, d), k_stride, k_offset)
+        v = v_cache.as_strided((b, hk, n_keys, d), v_stride, v_offset)
+    else:  # the flash kernel needs a unit stride in D
+        k = _unit_stride(k_cache.narrow(2, 0, n_keys))
+        v = _unit_stride(v_cache.narrow(2, 0, n_keys))
+    if hk != h:
+        k, v = _kv_heads(q, k, v)
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    return _FLASH(q, k, v, scale=scale)[0].contiguous()
+
+
 def _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
                 lengths: list[int]) -> torch.Tensor:
-    """The cpu backend: ``lengths`` is cache_seqlens on the host, already checked."""
+    """The cpu backend: ``lengths`` is cache_seqlens on the host, already checked; ``scale``
+    a float, or None for 1 / sqrt(D)."""
     t_new = 0 if k_new is None else k_new.shape[2]
-    if not lengths or q.shape[2] == 0 or _FLASH is None:  # B = 0 or Tq = 0
+    tq = q.shape[2]
+    if not lengths or tq == 0 or _FLASH is None:  # B = 0 or Tq = 0
         return attention_decode_ref(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
                                     strict).contiguous()
     start = lengths[0]
     uniform = lengths.count(start) == len(lengths)
+    if uniform and tq == 1:
+        return _cpu_one_query(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                              start, t_new)
     if t_new and uniform:
         k_cache.narrow(2, start, t_new).copy_(k_new)
         v_cache.narrow(2, start, t_new).copy_(v_new)
@@ -330,6 +378,11 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     run on it and cache_seqlens is never read on the host (no device sync per decode step); it
     must match cache_seqlens (not checked: a wrong one gives wrong results).
     """
+    if backend is None or backend == "cpu":
+        out = _cpu_step(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                        backend, _lengths)
+        if out is not None:
+            return out
     _check(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict)
     scale, backend = _scale(scale, q.shape[-1]), backends.requested(backend)
     if _lengths is not None and _known_lengths_apply(q, k_cache, v_cache, cache_seqlens, k_new,
@@ -384,3 +437,65 @@ def _cpu_decode_checked(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale,
     lengths = cache_seqlens.tolist()  # the one host read: the check and the slicing use it
     _check_lengths(cache_seqlens, t_new, k_cache.shape[2], lengths)
     return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict, lengths)
+
+
+def _cpu_step(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+              backend: str | None, lengths: list[int] | None) -> torch.Tensor | None:
+    """The cpu backend on the common decode step, checked with the least per-call work:
+    plain CPU tensors of one dtype the cpu backend takes, new keys given, contiguous caches,
+    no autograd, ``backend`` "cpu" or None with nothing forcing another, eager
+    (:func:`artrt.backends.direct_call`), lengths in range. Returns None, having written
+    nothing, where any of that does not hold or any check of :func:`attention_decode` would
+    fail: the general path then runs (and raises its errors). ``lengths``: the caller's
+    ``_lengths`` or None (then one host read).
+
+    Every condition below is one that :func:`_check`, :func:`_check_writable`,
+    :func:`_check_lengths` or the backend choice also requires, or a stronger one."""
+    tensor = torch.Tensor
+    if not (type(q) is tensor and type(k_cache) is tensor and type(v_cache) is tensor
+            and type(cache_seqlens) is tensor and type(k_new) is tensor
+            and type(v_new) is tensor and (strict is False or strict is True)
+            and (scale is None or type(scale) is float and math.isfinite(scale))
+            and backends.direct_call() and (backend is not None or backends.nothing_forced())):
+        return None
+    dtype = q.dtype
+    if not (dtype in backends.CPU_DTYPES and k_cache.dtype is dtype and v_cache.dtype is dtype
+            and k_new.dtype is dtype and v_new.dtype is dtype
+            and cache_seqlens.dtype in _INDEX_DTYPES and q.is_cpu and k_cache.is_cpu
+            and v_cache.is_cpu and k_new.is_cpu and v_new.is_cpu and cache_seqlens.is_cpu):
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad
+                                    or v_cache.requires_grad or k_new.requires_grad
+                                    or v_new.requires_grad):
+        return None
+    shape, cache_shape, new_shape = q.shape, k_cache.shape, k_new.shape
+    if not (len(shape) == 4 and len(cache_shape) == 4 and len(new_shape) == 4
+            and cache_shape == v_cache.shape and new_shape == v_new.shape):
+        return None
+    b, h, tq, d = shape
+    _, hk, t_max, _ = cache_shape
+    tn = new_shape[2]
+    if not (cache_shape[0] == b and new_shape[0] == b and cache_shape[3] == d
+            and new_shape[3] == d and new_shape[1] == hk and hk and not h % hk
+            and 1 <= d <= MAX_HEAD_DIM and cache_seqlens.shape == (b,) and b and tq
+            and k_cache.is_contiguous() and v_cache.is_contiguous()
+            and (torch.is_inference_mode_enabled()
+                 or not (k_cache.is_inference() or v_cache.is_inference()))
+            and k_cache.data_ptr() != v_cache.data_ptr()):
+        return None
+    lengths = cache_seqlens.tolist() if lengths is None else list(lengths)
+    start = lengths[0] if len(lengths) == b else None
+    uniform = type(start) is int and lengths.count(start) == b
+    if uniform:
+        lo = hi = start
+    elif len(lengths) == b and all(type(n) is int for n in lengths):
+        lo, hi = min(lengths), max(lengths)
+    else:
+        return None
+    if lo < 0 or hi + tn > t_max:
+        return None
+    if uniform and tq == 1 and _FLASH is not None:
+        return _cpu_one_query(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                              start, tn)
+    return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
+                       lengths)

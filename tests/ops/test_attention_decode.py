@@ -9,6 +9,7 @@ import pytest
 import torch
 from artrt.kernels import attention_decode as kdecode
 
+import artrt
 from artrt.ops.attention import causal_attention_ref
 from artrt.ops.attention_decode import attention_decode, attention_decode_ref
 from tests.helpers import DEVICE, assert_close_lowp, kernel_backends, with_layout
@@ -117,13 +118,14 @@ def test_kernel_non_contiguous(backend):
     v_cache = torch.randn(b, t_max, 2, d, device=DEVICE).transpose(1, 2)  # (B, Hk, Tmax, D)
     k_new, v_new = (with_layout(torch.randn(b, 2, 1, d, device=DEVICE), "permuted")
                     for _ in range(2))
-    seqlens = with_layout(torch.tensor([60, 7], device=DEVICE), "strided")
-    kc, vc = k_cache.clone(), v_cache.clone()
-    want = attention_decode_ref(q, kc, vc, seqlens.contiguous(), k_new, v_new)
-    got = attention_decode(q, k_cache, v_cache, seqlens, k_new, v_new, backend=backend)
-    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(k_cache, kc, atol=0, rtol=0)
-    torch.testing.assert_close(v_cache, vc, atol=0, rtol=0)
+    for lengths in ([60, 7], [9, 9]):  # one kernel call per sequence, and one in all
+        seqlens = with_layout(torch.tensor(lengths, device=DEVICE), "strided")
+        kc, vc = k_cache.clone(), v_cache.clone()
+        want = attention_decode_ref(q, kc, vc, seqlens.contiguous(), k_new, v_new)
+        got = attention_decode(q, k_cache, v_cache, seqlens, k_new, v_new, backend=backend)
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(k_cache, kc, atol=0, rtol=0)
+        torch.testing.assert_close(v_cache, vc, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -167,11 +169,13 @@ def via_op(q, k_cache, v_cache, seqlens, k_new=None, v_new=None, scale=None, str
                                             strict, "cpu")
 
 
-PATHS = {"direct": lambda *a, **kw: attention_decode(*a, backend="cpu", **kw), "op": via_op}
+PATHS = {"direct": lambda *a, **kw: attention_decode(*a, backend="cpu", **kw), "op": via_op,
+         "host lengths": lambda *a, **kw: attention_decode(*a, backend="cpu",
+                                                           _lengths=a[3].tolist(), **kw)}
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("lengths", [[0, 0], [6, 6], [5, 21], [0, 3]])
+@pytest.mark.parametrize("lengths", [[0, 0], [6, 6], [5, 21], [0, 3], [9]])
 @pytest.mark.parametrize("tq,t_new", [(1, 1), (1, 0), (3, 3), (7, 7), (3, 0)])
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("h,hk", [(4, 2), (2, 2)])
@@ -194,6 +198,31 @@ def test_cpu_matches_reference_fp64(path, lengths, tq, t_new, strict, h, hk):
     assert got.is_contiguous() and torch.isfinite(got).all()
     torch.testing.assert_close(got, want)
     assert torch.equal(k_cache, kc) and torch.equal(v_cache.nan_to_num(), vc.nan_to_num())
+
+
+@pytest.mark.parametrize("path", [*PATHS, "default"])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("h,hk,strict", [(4, 2, False), (2, 2, True)])
+def test_cpu_one_sequence_steps(path, index_dtype, h, hk, strict):
+    """One sequence, one position per step (the new keys written at cache_seqlens), queries
+    and new keys in other layouts: each step is the matching row of the full causal
+    attention, and the cache holds exactly the keys."""
+    run = PATHS.get(path, attention_decode)
+    d, t, t_max, prefix = 8, 12, 16, 4
+    q, k, v = make_seq(1, h, hk, t, d, torch.float64, "cpu")
+    full = causal_attention_ref(q, k, v, strict=strict)
+    k_cache, v_cache = empty_cache(1, hk, t_max, d, torch.float64, "cpu")
+    k_cache[:, :, :prefix], v_cache[:, :, :prefix] = k[:, :, :prefix], v[:, :, :prefix]
+    seqlens = torch.tensor([prefix], dtype=index_dtype)
+    for i in range(prefix, t):
+        out = run(with_layout(q[:, :, i:i + 1], "strided"), k_cache, v_cache, seqlens,
+                  with_layout(k[:, :, i:i + 1], "permuted"),
+                  with_layout(v[:, :, i:i + 1], "strided"), strict=strict)
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, full[:, :, i:i + 1])
+        seqlens += 1
+    assert torch.equal(k_cache[:, :, :t], k) and torch.equal(v_cache[:, :, :t], v)
+    assert (k_cache[:, :, t:] == 1e4).all() and v_cache[:, :, t:].isnan().all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -243,16 +272,37 @@ def test_default_backend_on_cpu_is_cpu(monkeypatch):
     k_cache, v_cache = (torch.randn(b, h, t_max, d) for _ in range(2))
     seqlens = torch.tensor([3, 3])
     want = attention_decode_ref(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
-    calls = spy(monkeypatch, decode_module, "_cpu_decode")
+    calls = spy(monkeypatch, decode_module, "_cpu_one_query")  # the cpu backend's Tq = 1 step
     with no_launch(monkeypatch, kdecode, "attention_decode_fwd"):
         torch.testing.assert_close(attention_decode(q, k_cache, v_cache, seqlens, k, v), want)
-    assert calls == ["_cpu_decode"]
+    assert calls == ["_cpu_one_query"]
+
+
+def test_forced_backend_is_taken(monkeypatch):
+    """ARTRT_BACKEND and use_backend still choose the backend of a call that names none
+    (the cpu step runs only where nothing forces another)."""
+    b, h, d, t_max = 1, 2, 16, 10
+    q, k, v = make_seq(b, h, h, 1, d, device="cpu")
+    k_cache, v_cache = (torch.randn(b, h, t_max, d) for _ in range(2))
+    seqlens = torch.tensor([3])
+    calls = spy(monkeypatch, decode_module, "_cpu_one_query", "attention_decode_ref")
+    monkeypatch.setenv("ARTRT_BACKEND", "reference")
+    attention_decode(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    monkeypatch.setenv("ARTRT_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="ARTRT_BACKEND"):
+        attention_decode(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    monkeypatch.delenv("ARTRT_BACKEND")
+    with artrt.use_backend("reference"):
+        attention_decode(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    assert calls == ["attention_decode_ref"] * 2
+    attention_decode(q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    assert calls[2:] == ["_cpu_one_query"]
 
 
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [None, *BACKENDS])
 def test_overflow_leaves_cache_unchanged(backend):
     b, h, d, t_max = 2, 2, 16, 10
     q, k, v = make_seq(b, h, h, 3, d)
@@ -300,7 +350,7 @@ def _unwritable_cases():
     ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [None, *BACKENDS])
 @pytest.mark.parametrize("case", _unwritable_cases(), ids=lambda c: c[0])
 def test_bad_argument_leaves_caches_unchanged(backend, case):
     """Every check runs before the append: an error about any argument (v_cache included)
