@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from artrt.ops.attention import causal_attention
-from artrt.ops.attention_decode import attention_decode
+from artrt.ops.attention_decode import prefix_attention
 
 NAME = "artrt"
 
@@ -135,20 +135,6 @@ def _visible_prefix(mask: torch.Tensor, tq: int, tk: int) -> int:
     return n
 
 
-def _prefix_attention(query, key, value, scaling):
-    """(B, H, Tq, D): Tq queries at the last Tq of Tk positions, causal over all Tk keys."""
-    b, h, tq, d = query.shape
-    tk = key.shape[2]
-    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad
-                                    or value.requires_grad):
-        # attention_decode has no backward: full causal attention with the first Tk - Tq
-        # query rows zero, their outputs dropped (T^2 work, for training on a prefix cache)
-        q = torch.cat([query.new_zeros(b, h, tk - tq, d), query], dim=2)
-        return causal_attention(q, key, value, scaling)[:, :, tk - tq:]
-    lengths = torch.full((b,), tk, dtype=torch.int64, device=query.device)
-    return attention_decode(query, key, value, lengths, scale=scaling)
-
-
 def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, attention_mask: torch.Tensor | None,
                       dropout: float = 0.0, scaling: float | None = None,
@@ -202,5 +188,5 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if tq == n:
         out = causal_attention(query, key, value, scaling)  # (B, H, T, D)
     else:
-        out = _prefix_attention(query, key, value, scaling)
+        out = prefix_attention(query, key, value, scaling)
     return out.transpose(1, 2).contiguous(), None

@@ -48,6 +48,7 @@ from artrt.ops.attention import (
     _row_max,
     _scale,
     _unit_stride,
+    causal_attention,
 )
 
 # Backends of this op, fastest first on CUDA tensors (provisional until measured on a GPU);
@@ -499,3 +500,23 @@ def _cpu_step(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
                               start, tn)
     return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
                        lengths)
+
+
+def prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     scaling: float | None = None) -> torch.Tensor:
+    """Tq queries (B, H, Tq, D) at the last Tq of the Tk positions of key and value
+    (B, Hk, Tk, D), causal over all Tk keys (query t sees keys <= Tk - Tq + t): the
+    attention of a few new positions to a cache that already holds them. Without autograd,
+    :func:`attention_decode` on the full cache; with it, :func:`causal_attention` over Tk
+    positions (the first Tk - Tq query rows zero, their outputs dropped). Returns
+    (B, H, Tq, D)."""
+    b, h, tq, d = query.shape
+    tk = key.shape[2]
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad
+                                    or value.requires_grad):
+        # attention_decode has no backward: full causal attention with the first Tk - Tq
+        # query rows zero, their outputs dropped (T^2 work, for training on a prefix cache)
+        q = torch.cat([query.new_zeros(b, h, tk - tq, d), query], dim=2)
+        return causal_attention(q, key, value, scaling)[:, :, tk - tq:]
+    lengths = torch.full((b,), tk, dtype=torch.int64, device=query.device)
+    return attention_decode(query, key, value, lengths, scale=scaling)

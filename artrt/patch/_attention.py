@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artrt.integrations.transformers import _prefix_attention
 from artrt.nn import CausalSelfAttention
 from artrt.ops.attention import MAX_HEAD_DIM, causal_attention
+from artrt.ops.attention_decode import prefix_attention
 from artrt.patch._common import (
     Match,
     Reject,
@@ -203,7 +203,7 @@ class PatchedAttention(CausalSelfAttention):
         if k.shape[2] == t:
             y = causal_attention(q, k, v)  # (B, H, T, D)
         else:
-            y = _prefix_attention(q, k, v, None)
+            y = prefix_attention(q, k, v, None)
         out = self.proj(y.transpose(1, 2).reshape(b, t, c))
         return out if self.call.outputs is None else (out,) + (None,) * self.call.outputs
 
