@@ -1,4 +1,5 @@
-"""Checks of the values inside tensors, shared by the ops.
+"""Checks shared by the ops: a tensor argument against x (:func:`check_like_x`), and the
+values inside tensors.
 
 Shape, dtype and device checks cost nothing; a check of the *values* (a NaN, a label out of
 range) reads the tensor back to the host, which waits for the device. Such checks run inside
@@ -18,6 +19,15 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+def check_like_x(name: str, what: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """TypeError unless ``t`` (argument ``what`` of op ``name``) has x's dtype, ValueError
+    unless it is on x's device."""
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
 
 
 def capturing() -> bool:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops._checks import check_like_x
 from artrt.ops.gated import ACT_TANH, gated_backward_ref, gated_tanh_ref
 from artrt.ops.gated import _cpu_backward as gated_cpu_backward
 from artrt.ops.gated import _cpu_forward as gated_cpu_forward
@@ -160,10 +161,7 @@ def _check_tensor(t, what: str, name: str, like: torch.Tensor | None = None) -> 
         if not t.is_floating_point():
             raise TypeError(f"{name}: {what} must be a floating-point tensor, got dtype {t.dtype}")
         return
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name}: {what} must have x's dtype {like.dtype}, got {t.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"{name}: {what} must be on x's device {like.device}, got {t.device}")
+    check_like_x(name, what, t, like)
 
 
 def _check_shape(t: torch.Tensor, what: str, name: str, shape: tuple, hint: str) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops._checks import check_like_x
 
 ACT_TANH = 0
 ACT_SIGMOID = 1
@@ -115,10 +116,7 @@ def _check(x: torch.Tensor, cond: torch.Tensor | None, dim: int, act: int) -> in
         if not isinstance(cond, torch.Tensor):
             raise TypeError(f"{name}: cond must be a torch.Tensor or None, "
                             f"got {type(cond).__name__}")
-        if cond.dtype != x.dtype:
-            raise TypeError(f"{name}: cond must have x's dtype {x.dtype}, got {cond.dtype}")
-        if cond.device != x.device:
-            raise ValueError(f"{name}: cond must be on x's device {x.device}, got {cond.device}")
+        check_like_x(name, "cond", cond, x)
         if not _broadcasts_to(cond.shape, x.shape):
             raise ValueError(f"{name}: cond of shape {tuple(cond.shape)} does not broadcast to "
                              f"x's shape {tuple(x.shape)} (e.g. (B, 2C, 1, 1) for x (B, 2C, H, W))")

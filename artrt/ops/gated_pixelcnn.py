@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from artrt import backends
 from artrt.ops import gated as _gated
+from artrt.ops._checks import check_like_x
 from artrt.ops.gated import ACT_TANH, gated_backward_ref, gated_tanh_ref
 from artrt.ops.masked_conv2d import (
     _check,
@@ -123,10 +124,7 @@ def _check_gated(x, weight, bias, cond, link_x, link_weight, pad_top, pad_left, 
     _tensor(link_x, "link_x", name)
     _tensor(link_weight, "link_weight", name)
     for t, what in ((link_x, "link_x"), (link_weight, "link_weight")):
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
+        check_like_x(name, what, t, x)
     want_x = (x.shape[0], link_weight.shape[1] if link_weight.dim() == 4 else -1, *x.shape[2:])
     if link_weight.dim() != 4 or tuple(link_weight.shape) != (weight.shape[0], want_x[1], 1, 1):
         raise ValueError(f"{name}: link_weight must have shape (2C, Cl, 1, 1) = "

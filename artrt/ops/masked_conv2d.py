@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from artrt import backends
+from artrt.ops._checks import check_like_x
 
 # Backends of this op on CUDA tensors, fastest first (provisional until measured on a GPU);
 # CPU tensors take "cpu" (see artrt.backends.select).
@@ -318,10 +319,7 @@ def _check_input(x, weight, name: str) -> None:
     if weight.dim() != 4:
         raise ValueError(f"{name}: weight must be 4-D (Cout, Cin, kh, kw), got shape "
                          f"{tuple(weight.shape)}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{name}: weight must have x's dtype {x.dtype}, got {weight.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{name}: weight must be on x's device {x.device}, got {weight.device}")
+    check_like_x(name, "weight", weight, x)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} expects "
                          f"{weight.shape[1]} input channels, x of shape {tuple(x.shape)} has "
@@ -334,10 +332,7 @@ def _check_like(x, t, what: str, shape: tuple[int, ...], name: str) -> None:
     if t is None:
         return
     _tensor(t, what, name)
-    if t.dtype != x.dtype:
-        raise TypeError(f"{name}: {what} must have x's dtype {x.dtype}, got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{name}: {what} must be on x's device {x.device}, got {t.device}")
+    check_like_x(name, what, t, x)
     if t.shape != shape:
         raise ValueError(f"{name}: {what} must have shape {shape}, got {tuple(t.shape)}")
 
