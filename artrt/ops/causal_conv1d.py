@@ -283,19 +283,25 @@ def _register_double_backward(op, backward_ref, n_tensor_args: int):
 # reference's (aten convolutions) and the gate's fused ``glu_backward``.
 
 
+def _cpu_pad(x, weight, dilation):
+    """(x padded on the left by (K-1) d, that pad, d): d the effective dilation."""
+    d = effective_dilation(dilation, x.shape[2])
+    pad = (weight.shape[2] - 1) * d
+    return (F.pad(x, (pad, 0)) if pad else x), pad, d
+
+
 def _cpu_conv(x, weight, bias, dilation, residual=None):
     """The cpu backend's causal_conv1d: (B, Cout, T) contiguous; bias (Cout,) or (B, Cout)."""
     bsz, _, t_len = x.shape
-    cout, _, k = weight.shape
+    cout = weight.shape[0]
     b1 = bias if bias is None or bias.dim() == 1 else None
     if x.numel() == 0 or weight.numel() == 0:
         y = x.new_zeros((bsz, cout, t_len))
         if b1 is not None:
             y = y + b1[:, None]
     else:
-        d = effective_dilation(dilation, t_len)
-        pad = (k - 1) * d
-        y = F.conv1d(F.pad(x, (pad, 0)) if pad else x, weight, b1, dilation=d)
+        xp, _, d = _cpu_pad(x, weight, dilation)
+        y = F.conv1d(xp, weight, b1, dilation=d)
     if bias is not None and b1 is None:
         y = y + bias[:, :, None]
     if residual is not None:
@@ -350,13 +356,6 @@ def _cpu_conv_backward(grad, xp, weight, pad, dilation, needs, grad_xp=None):
     if need_x and grad_xp is not None:
         dx = dx + grad_xp[:, :, pad:]
     return (dx if need_x else None), (dw if need_w else None), (db if need_b else None)
-
-
-def _cpu_pad(x, weight, dilation):
-    """(x padded on the left by (K-1) d, that pad, d): d the effective dilation."""
-    d = effective_dilation(dilation, x.shape[2])
-    pad = (weight.shape[2] - 1) * d
-    return (F.pad(x, (pad, 0)) if pad else x), pad, d
 
 
 class _CpuCausalConv(torch.autograd.Function):
