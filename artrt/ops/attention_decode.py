@@ -495,9 +495,6 @@ def _cpu_step(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
         return None
     if lo < 0 or hi + tn > t_max:
         return None
-    if uniform and tq == 1 and _FLASH is not None:
-        return _cpu_one_query(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
-                              start, tn)
     return _cpu_decode(q, k_cache, v_cache, cache_seqlens, k_new, v_new, scale, strict,
                        lengths)
 
