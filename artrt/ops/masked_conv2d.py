@@ -91,6 +91,12 @@ def tap_mask(weight_shape: tuple[int, ...], pad_top: int, pad_left: int, mask_ty
 
 # --------------------------------------------------------------------------- reference
 
+def _x_pads(kh: int, kw: int, pad_top: int, pad_left: int) -> tuple[int, int, int, int]:
+    """The ``F.pad`` amounts (left, right, top, bottom) that place x under a kh x kw kernel
+    whose output pixel sits at tap (pad_top, pad_left): "same" output size, stride 1."""
+    return pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top
+
+
 def _rectangles(taps: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
     """``taps`` as rectangles (r0, r1, c1) of the kernel: rows [r0, r1) x columns [0, c1).
 
@@ -159,7 +165,7 @@ def tap_conv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     out = x.new_zeros((bsz, cout, height, width), dtype=acc)
     if x.numel() and weight.numel():
         colour = mask_type != "none" and color_groups > 1
-        xp = F.pad(x.to(acc), (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
+        xp = F.pad(x.to(acc), _x_pads(kh, kw, pad_top, pad_left))
         w = weight.to(acc)
         spatial = _live_taps(kh, kw, pad_top, pad_left, "A" if colour else mask_type, 1)
         for r0, r1, c1 in _rectangles(spatial):
@@ -221,7 +227,7 @@ def tap_conv2d_backward_ref(grad_out: torch.Tensor, x: torch.Tensor, weight: tor
     bsz, cin, height, width = x.shape
     cout, _, kh, kw = weight.shape
     acc = acc_dtype(x.dtype)
-    pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+    pads = _x_pads(kh, kw, pad_top, pad_left)
     dx = x.new_zeros(x.shape, dtype=acc)
     dw = weight.new_zeros(weight.shape, dtype=acc)
     if x.numel() and weight.numel():
@@ -489,7 +495,7 @@ def _dense_conv(xa, weight, ba, acc, pad_top, pad_left, mask_type, color_groups)
     checked = xa.numel() + wa.numel() < xa.shape[0] * cout * xa.shape[2] * xa.shape[3]
     if checked and not (math.isfinite(float(xa.sum())) and math.isfinite(float(wa.sum()))):
         return None
-    pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+    pads = _x_pads(kh, kw, pad_top, pad_left)
     if pads[0] == pads[1] and pads[2] == pads[3]:
         out = F.conv2d(xa, wa, ba, padding=(pad_top, pad_left))
     else:
@@ -588,15 +594,16 @@ def _cpu_backward(grad_out, x, weight, pad_top, pad_left, mask_type, color_group
     if mask_type != "none":
         mask = _cpu_mask(tuple(weight.shape), pad_top, pad_left, mask_type, color_groups)
         wa = torch.where(mask, wa, 0)
-    pads = (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top)
+    pads = _x_pads(kh, kw, pad_top, pad_left)
     symmetric = pads[0] == pads[1] and pads[2] == pads[3]
     # Both gradients from one aten convolution_backward (as plain autograd of a convolution
     # runs it) when the padding is symmetric and the kept weight finite: aten's input
     # gradient then equals the reference's mirrored convolution (which meets the zero
     # padding only with finite entries); a non-finite entry takes the mirrored convolution
     # (one host read). Measured, 1 thread, B16 64->64 28x28 k3 mask B, forward + backward
-    # vs plain: 1.13x with two calls, 1.05x with one; for the shifted convolutions' padded
-    # x one call was no faster than two (8.5 against 8.3 ms, B32 32->32 2x3).
+    # vs plain: 1.13x with two calls, 1.05x with one; with asymmetric padding, where x is
+    # padded again here, one call was no faster than two (8.5 against 8.3 ms, B32 32->32
+    # 2x3; eager training of those takes _CpuShiftedConv, which saves the padded x).
     both = need_x and need_w and symmetric and math.isfinite(float(wa.sum()))
     if need_x and not both:
         gp = F.pad(g, (kw - 1 - pad_left, pad_left, kh - 1 - pad_top, pad_top))
@@ -653,7 +660,7 @@ class _CpuShiftedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, cond, pad_top, pad_left):
         kh, kw = weight.shape[2:]
-        xp = F.pad(x, (pad_left, kw - 1 - pad_left, pad_top, kh - 1 - pad_top))
+        xp = F.pad(x, _x_pads(kh, kw, pad_top, pad_left))
         out = F.conv2d(xp, weight, bias)
         ctx.save_for_backward(x, xp, weight)  # x for create_graph (xp has no graph to x)
         ctx.pads = (pad_top, pad_left)
